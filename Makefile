@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+UV      ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+VENV    := .venv
+PY      := $(VENV)/bin/python
+RAPPORT := $(VENV)/bin/rapport
+PERSONS ?= 100000
+
+.PHONY: demo test lint bench install assets browser clean
+
+$(UV):
+	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --all-groups
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+install: $(VENV)/.synced assets
+assets: node_modules/.installed
+
+## Chromium for the browser tests (Debian's package; Playwright drives it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+demo: install
+	$(RAPPORT) demo --persons $(PERSONS)
+
+lint: $(VENV)/.synced
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+test: install browser lint
+	$(VENV)/bin/pytest
+
+bench: install
+	$(VENV)/bin/pytest -m bench -s bench
+
+clean:
+	rm -rf $(VENV) node_modules rapport-data

@@ -1,0 +1,3 @@
+from rapport.cli import app
+
+app(prog_name="rapport")

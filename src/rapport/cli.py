@@ -1,0 +1,93 @@
+"""The ``rapport`` command line. Sub-commands live next to what they drive; this file wires them."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from rapport import accounts
+from rapport.workspace import Workspace
+
+app = typer.Typer(no_args_is_help=True, help="Rapport: customer data platform and lead engine.")
+token_app = typer.Typer(no_args_is_help=True, help="API tokens.")
+app.add_typer(token_app, name="token")
+
+
+def workspace() -> Workspace:
+    return Workspace()
+
+
+@app.command()
+def init() -> None:
+    """Create the workspace (idempotent); print the admin password the first time."""
+    ws = workspace()
+    password = ws.init()
+    ws.close()
+    if password:
+        typer.echo(f"Workspace created in {ws.settings.home}.")
+        typer.echo(f"Admin user: admin   password: {password}   (shown once)")
+    else:
+        typer.echo(f"Workspace in {ws.settings.home} is up to date.")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Interface to bind (default from settings)."),
+    port: int = typer.Option(None, help="Port (default from settings)."),
+) -> None:
+    """Serve the collector, the API and the console on one port."""
+    import uvicorn
+
+    from rapport.web.app import create_app
+
+    ws = workspace()
+    ws.init()
+    uvicorn.run(
+        create_app(workspace=ws),
+        host=host or ws.settings.host,
+        port=port or ws.settings.port,
+        log_level="info",
+        access_log=False,
+    )
+
+
+@token_app.command("create")
+def token_create(
+    role: accounts.Role = typer.Option(accounts.Role.admin, help="Role of the token."),
+    name: str = typer.Option("cli", help="A label for the token."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Create a bearer token for the API (shown once)."""
+    ws = workspace()
+    ws.init()
+    token = accounts.create_token(ws.db, role, name)
+    typer.echo(json.dumps({"token": token, "role": role.value, "name": name}) if as_json else token)
+
+
+def _register() -> None:
+    """Sub-command groups contributed by packages (each exposes a Typer ``cli``)."""
+    import importlib
+
+    for module, name in [
+        ("rapport.ingest.cli", "source"),
+        ("rapport.ingest.events_cli", "events"),
+        ("rapport.ingest.import_cli", "import"),
+        ("rapport.catalog.cli", "plan"),
+        ("rapport.ingest.quarantine_cli", "quarantine"),
+        ("rapport.demo.cli", "demo"),
+    ]:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        cli = mod.cli
+        if isinstance(cli, typer.Typer):
+            app.add_typer(cli, name=name)
+        else:
+            app.command(name)(cli)
+
+
+_register()

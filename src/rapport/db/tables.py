@@ -1,0 +1,182 @@
+"""Every table of the metadata DB. Migrations in ``migrations/`` must match these (a test checks).
+
+The event log and the warehouse are separate stores (``rapport.log``, ``rapport.warehouse``).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# -- people who use the console and the API -------------------------------------------------
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("username", String(100), nullable=False, unique=True),
+    Column("password_hash", String(200), nullable=False),
+    Column("role", String(20), nullable=False),  # admin | marketer | sales | viewer
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),  # sha256 hex of the token
+    Column("role", String(20), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True)),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", String(100), nullable=False),
+    Column("action", String(100), nullable=False),
+    Column("target", String(200)),
+    Column("detail", JSON),
+)
+
+# -- sources: where data comes from ---------------------------------------------------------
+sources = Table(
+    "sources",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("kind", String(20), nullable=False),  # client | server | file | sql
+    Column("description", Text),
+    Column("write_key", String(64), nullable=False, unique=True),
+    #: server-side sources authenticate with this secret and may send only ``allowed_events``
+    Column("secret_key", String(64), unique=True),
+    Column("allowed_events", JSON),
+    Column("validation_mode", String(10), nullable=False, default="lenient"),  # strict|lenient
+    Column("priority", Integer, nullable=False, default=100),  # for survivorship later
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# -- the tracking plan ----------------------------------------------------------------------
+event_types = Table(
+    "event_types",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("kind", String(10), nullable=False, default="user"),  # user | system
+    Column("description", Text, nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+properties = Table(
+    "properties",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("scope", String(10), nullable=False),  # event | user | item
+    #: for scope=event: the event type it belongs to; NULL = common to every event
+    Column("event_type_id", Integer, ForeignKey("event_types.id", ondelete="CASCADE")),
+    #: for scope=item: the item type (product, order, hotel, ...)
+    Column("item_type", String(50)),
+    Column("name", String(100), nullable=False),
+    Column("data_type", String(10), nullable=False),  # string|integer|number|boolean|datetime
+    Column("description", Text, nullable=False, default=""),
+    Column("required", Boolean, nullable=False, default=False),
+    Column("allowed_values", JSON),
+    Column("min_value", Float),
+    Column("max_value", Float),
+    Column("pii", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("scope", "event_type_id", "item_type", "name", name="uq_properties_key"),
+)
+
+# -- quarantine: every rejected record, with its reason, replayable -------------------------
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source", String(100), index=True),
+    Column("kind", String(10), nullable=False),  # event | row
+    Column("event", String(100), index=True),
+    Column("reason", String(40), nullable=False, index=True),  # violation type or error class
+    Column("detail", Text, nullable=False),
+    #: list of {"type", "path", "message"}
+    Column("violations", JSON),
+    Column("payload", Text, nullable=False),  # the raw record as received (JSON text)
+    Column("import_run_id", Integer, ForeignKey("import_runs.id", ondelete="SET NULL")),
+    Column("received_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("status", String(12), nullable=False, default="open"),  # open|replayed|discarded
+    Column("replayed_at", DateTime(timezone=True)),
+)
+
+#: violations of lenient sources: the event was accepted, the violation recorded
+violations = Table(
+    "violations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source", String(100), nullable=False, index=True),
+    Column("event", String(100), index=True),
+    Column("message_id", String(100)),
+    Column("type", String(30), nullable=False),
+    Column("path", String(200), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False, index=True),
+)
+
+# -- batch imports --------------------------------------------------------------------------
+imports = Table(
+    "imports",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("source", String(100), nullable=False),
+    Column("uri", Text, nullable=False),  # file path or SQLAlchemy URL
+    Column("query", Text),  # table name or SQL query for SQL sources
+    Column("mapping", JSON, nullable=False),
+    Column("watermark_column", String(100)),
+    Column("last_watermark", String(100)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+import_runs = Table(
+    "import_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("import_id", Integer, ForeignKey("imports.id", ondelete="SET NULL")),
+    Column("source", String(100), nullable=False, index=True),
+    Column("uri", Text, nullable=False),
+    Column("status", String(12), nullable=False),  # running | done | failed
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("rows_read", Integer, nullable=False, default=0),
+    Column("rows_loaded", Integer, nullable=False, default=0),
+    Column("rows_duplicate", Integer, nullable=False, default=0),
+    Column("rows_quarantined", Integer, nullable=False, default=0),
+    Column("watermark", String(100)),
+    Column("error", Text),
+    #: per-field data-quality report: {field: {fill_rate, invalid, duplicates, ...}}
+    Column("quality", JSON),
+)

@@ -1,0 +1,113 @@
+"""Settings in one place: defaults < ``rapport.toml`` < ``RAPPORT_*`` environment variables.
+
+Everything lives under ``RAPPORT_HOME`` (default ``./rapport-data``) unless a setting points
+elsewhere, so the embedded default needs no configuration at all.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = Path("rapport-data")
+    #: SQLAlchemy URL of the metadata DB; empty means SQLite in ``home``.
+    database_url: str = ""
+    #: DuckDB warehouse file; empty means ``home/warehouse.duckdb``.
+    warehouse_path: str = ""
+    #: Embedded event log file; empty means ``home/eventlog.db``.
+    log_path: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: Group commit: the log writer commits at least this often (milliseconds) ...
+    commit_interval_ms: float = 2.0
+    #: ... or when this many events are waiting, whichever comes first.
+    commit_max_events: int = 5000
+    #: Segment's limits.
+    max_event_bytes: int = 32 * 1024
+    max_batch_bytes: int = 500 * 1024
+    #: Dedupe window for (source, messageId).
+    dedupe_hours: int = 72
+    #: Timestamps further than this from the server clock are corrected and flagged.
+    max_clock_skew_hours: int = 24
+    #: Path of the front-end packages installed from npm (``node_modules``).
+    assets_dir: str = ""
+    secret_key: str = field(default="", repr=False)
+
+    # -- derived paths ---------------------------------------------------------------------
+    @property
+    def metadata_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'rapport.db').resolve()}"
+
+    @property
+    def warehouse_file(self) -> Path:
+        return Path(self.warehouse_path) if self.warehouse_path else self.home / "warehouse.duckdb"
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self.log_path) if self.log_path else self.home / "eventlog.db"
+
+    @property
+    def node_modules(self) -> Path:
+        if self.assets_dir:
+            return Path(self.assets_dir)
+        return Path(__file__).resolve().parents[2] / "node_modules"
+
+    def ensure_home(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+
+    def signing_key(self) -> str:
+        """The secret for sessions and CSRF: configured, or generated once and kept in home."""
+        if self.secret_key:
+            return self.secret_key
+        self.ensure_home()
+        path = self.home / "secret.key"
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    if kind in ("int", int):
+        return int(raw)
+    if kind in ("float", float):
+        return float(raw)
+    if kind in ("Path", Path):
+        return Path(raw)
+    return str(raw)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from ``rapport.toml`` (in the working directory or home) and env vars."""
+    values: dict[str, Any] = {}
+    home = Path(os.environ.get("RAPPORT_HOME", overrides.get("home", "rapport-data")))
+    for toml_path in (Path("rapport.toml"), home / "rapport.toml"):
+        if toml_path.exists():
+            with toml_path.open("rb") as fh:
+                data = tomllib.load(fh)
+            values.update(data.get("rapport", data))
+    names = {f.name for f in fields(Settings)}
+    for name in names:
+        env = os.environ.get(f"RAPPORT_{name.upper()}")
+        if env is not None:
+            values[name] = env
+    values.update(overrides)
+    values["home"] = home if "home" not in overrides else Path(overrides["home"])
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown setting(s) in rapport.toml: {', '.join(sorted(unknown))}")
+    return Settings(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,48 @@
+"""The FastAPI application: collector (/v1), management API (/api) and console on one port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.middleware.sessions import SessionMiddleware
+
+from rapport.settings import Settings
+from rapport.workspace import Workspace
+
+
+def create_app(settings: Settings | None = None, workspace: Workspace | None = None) -> FastAPI:
+    ws = workspace or Workspace(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for hook in app.state.startup:
+            await hook(app)
+        try:
+            yield
+        finally:
+            for hook in reversed(app.state.shutdown):
+                await hook(app)
+            ws.close()
+
+    app = FastAPI(
+        title="Rapport",
+        version="0.1.0",
+        description="Customer data platform and CRM lead engine.",
+        lifespan=lifespan,
+    )
+    app.state.ws = ws
+    app.state.startup = []  # async callables(app), run in order at start-up
+    app.state.shutdown = []  # and in reverse order at shutdown
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=ws.settings.signing_key(),
+        session_cookie="rapport_session",
+        same_site="lax",
+        https_only=False,
+    )
+    from rapport.web import routes
+
+    routes.mount(app)
+    return app

@@ -1,0 +1,168 @@
+"""Shared fixtures: a fresh workspace per test, an in-process client, a real server process,
+and the machine's PostgreSQL / MariaDB (skipped when absent unless RAPPORT_REQUIRE_SERVICES=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from rapport import accounts
+from rapport.settings import Settings, load_settings
+from rapport.workspace import Workspace
+
+REQUIRE_SERVICES = os.environ.get("RAPPORT_REQUIRE_SERVICES") == "1"
+PG_URL = os.environ.get("RAPPORT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MARIADB_URL = os.environ.get("RAPPORT_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+def service_unavailable(what: str, exc: Exception) -> None:
+    message = f"{what} is not reachable ({exc.__class__.__name__}: {exc})"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + " and RAPPORT_REQUIRE_SERVICES=1")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(home=tmp_path / "home")
+
+
+@pytest.fixture
+def workspace(settings: Settings) -> Iterator[Workspace]:
+    ws = Workspace(settings)
+    ws.init()
+    yield ws
+    ws.close()
+
+
+@pytest.fixture
+def client(workspace: Workspace) -> Iterator[httpx.Client]:
+    """An in-process client of the whole app (lifespan included)."""
+    from fastapi.testclient import TestClient
+
+    from rapport.web.app import create_app
+
+    with TestClient(create_app(workspace=workspace)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def admin_headers(workspace: Workspace) -> dict[str, str]:
+    token = accounts.create_token(workspace.db, accounts.Role.admin, "test")
+    return {"Authorization": f"Bearer {token}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A real ``rapport serve`` process on a free port with its own RAPPORT_HOME."""
+
+    home: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    admin_password: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "RAPPORT_HOME": str(self.home)}
+
+    def cli(self, *args: str) -> str:
+        """Run ``rapport ARGS`` against this server's home; stdout."""
+        out = subprocess.run(
+            [sys.executable, "-m", "rapport", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if out.returncode != 0:
+            raise AssertionError(f"rapport {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
+        return out.stdout
+
+    def cli_json(self, *args: str) -> dict:
+        return json.loads(self.cli(*args, "--json"))
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rapport", "serve", "--port", str(self.port)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.home / "server.log", "ab"),  # noqa: SIM115
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.home / "server.log").read_text())
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise TimeoutError("server did not start")
+
+    def stop(self, sig: int = 15) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    home = tmp_path / "server-home"
+    home.mkdir()
+    srv = Server(home=home, port=free_port())
+    init = srv.cli("init")
+    srv.admin_password = init.split("password:")[1].split()[0] if "password:" in init else ""
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _database(url: str, what: str) -> Iterator[str]:
+    """A fresh, empty database on the service; dropped afterwards."""
+    name = "rpt_" + uuid.uuid4().hex[:10]
+    try:
+        admin = create_engine(url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    except Exception as exc:  # noqa: BLE001
+        service_unavailable(what, exc)
+    base = url.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    yield from _database(PG_URL, "PostgreSQL")
+
+
+@pytest.fixture
+def mariadb_url() -> Iterator[str]:
+    yield from _database(MARIADB_URL, "MariaDB")
