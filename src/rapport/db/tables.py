@@ -90,6 +90,8 @@ event_types = Table(
     Column("kind", String(10), nullable=False, default="user"),  # user | system
     Column("description", Text, nullable=False, default=""),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    #: bumped on every write; (count, max(updated_at)) is the plan's cheap version stamp
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 properties = Table(
@@ -110,6 +112,7 @@ properties = Table(
     Column("max_value", Float),
     Column("pii", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("scope", "event_type_id", "item_type", "name", name="uq_properties_key"),
 )
 

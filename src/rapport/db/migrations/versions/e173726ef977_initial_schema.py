@@ -1,14 +1,14 @@
 """initial schema
 
-Revision ID: b7db671b6bbd
+Revision ID: e173726ef977
 Revises:
-Create Date: 2026-11-25 08:50:02.482168
+Create Date: 2026-11-25 08:54:54.462939
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "b7db671b6bbd"
+revision = "e173726ef977"
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=10), nullable=False),
         sa.Column("description", sa.Text(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_event_types")),
         sa.UniqueConstraint("name", name=op.f("uq_event_types_name")),
     )
@@ -155,6 +156,7 @@ def upgrade() -> None:
         sa.Column("max_value", sa.Float(), nullable=True),
         sa.Column("pii", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["event_type_id"],
             ["event_types.id"],

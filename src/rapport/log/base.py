@@ -1,0 +1,57 @@
+"""The interface every event-log implementation offers (embedded SQLite now, NATS later)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from rapport.log.records import LogRecord
+
+if TYPE_CHECKING:
+    from rapport.settings import Settings
+
+
+class LogOverloaded(Exception):
+    """The writer has more waiting than it can commit soon: callers answer 503, never lose."""
+
+
+class EventLog(ABC):
+    """An append-only, ordered, deduplicated (per source and messageId) log of events.
+
+    Offsets are positive, increase with every appended event and never change, so a consumer
+    (the warehouse loader, the stream workers) keeps its position as one integer.
+    """
+
+    @classmethod
+    def open(cls, settings: Settings) -> EventLog:
+        from rapport.log.sqlite import SQLiteEventLog
+
+        return SQLiteEventLog(settings)
+
+    @abstractmethod
+    def append_many(self, records: Sequence[LogRecord]) -> list[int | None]:
+        """Append durably; the offset of each record, None where it was a duplicate."""
+
+    @abstractmethod
+    async def append(self, records: Sequence[LogRecord]) -> list[int | None]:
+        """Like ``append_many`` but group-committed with other callers; raises LogOverloaded."""
+
+    @abstractmethod
+    def read(self, after: int, limit: int) -> list[tuple[int, LogRecord]]:
+        """Up to ``limit`` records with offsets greater than ``after``, in order."""
+
+    @abstractmethod
+    def tail(self, n: int) -> list[tuple[int, LogRecord]]:
+        """The last ``n`` records, oldest first."""
+
+    @abstractmethod
+    def count(self, event: str | None = None, source: str | None = None) -> int: ...
+
+    @abstractmethod
+    def last_offset(self) -> int:
+        """The offset of the newest record, 0 when empty."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Commit what is queued, then release the files."""

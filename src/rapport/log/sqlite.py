@@ -1,0 +1,249 @@
+"""The embedded event log: one SQLite file in WAL mode with ``synchronous=FULL``.
+
+A single writer thread owns the write connection and does group commit: it takes everything
+queued within ``commit_interval_ms`` (or up to ``commit_max_events``), inserts it in one
+transaction, commits (the WAL is fsync'd) and only then resolves each caller's future.
+Readers use their own connections, so another process (``rapport events count``) can read
+while the server writes.
+
+Dedupe is a plain UNIQUE(source, message_id) index: a messageId is a duplicate forever, which
+is stricter than the 72 h window of ``settings.dedupe_hours`` and never loses an event that a
+client retried late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rapport.log.base import EventLog, LogOverloaded
+from rapport.log.records import LogRecord
+
+if TYPE_CHECKING:
+    from rapport.settings import Settings
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    "offset" INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    event TEXT,
+    user_id TEXT,
+    anonymous_id TEXT,
+    timestamp TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    flags INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (source, message_id)
+);
+CREATE INDEX IF NOT EXISTS events_event ON events (event);
+"""
+_COLUMNS = (
+    "source, message_id, type, event, user_id, anonymous_id, timestamp, received_at, payload, flags"
+)
+_INSERT = f"INSERT OR IGNORE INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_SELECT = f'SELECT "offset", {_COLUMNS} FROM events'
+
+Done = Callable[[list[int | None] | None, BaseException | None], None]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def _row(row: tuple[Any, ...]) -> tuple[int, LogRecord]:
+    return row[0], LogRecord(*row[1:10], flags=row[10])
+
+
+class SQLiteEventLog(EventLog):
+    def __init__(self, settings: Settings) -> None:
+        self.path = settings.log_file
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.interval = settings.commit_interval_ms / 1000
+        self.max_batch = settings.commit_max_events
+        #: events waiting beyond this many answer 503: a bounded queue, never unbounded memory
+        self.max_queued = settings.commit_max_events * 10
+        with _connect(self.path) as conn:
+            conn.executescript(_SCHEMA)
+        conn.close()
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[Sequence[LogRecord], Done]] = deque()
+        self._queued = 0
+        self._closing = False
+        self._writer: threading.Thread | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+
+    # -- writing -----------------------------------------------------------------------------
+    def _submit(self, records: Sequence[LogRecord], done: Done, bounded: bool) -> None:
+        with self._cond:
+            if self._closing:
+                raise LogOverloaded("the event log is shutting down")
+            if bounded and self._queued and self._queued + len(records) > self.max_queued:
+                raise LogOverloaded(f"{self._queued} events are waiting for the log writer")
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_loop, name="eventlog-writer", daemon=True
+                )
+                self._writer.start()
+            self._queue.append((records, done))
+            self._queued += len(records)
+            self._cond.notify()
+
+    def append_many(self, records: Sequence[LogRecord]) -> list[int | None]:
+        if not records:
+            return []
+        future: Future[list[int | None]] = Future()
+
+        def done(offsets: list[int | None] | None, exc: BaseException | None) -> None:
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(offsets or [])
+
+        self._submit(records, done, bounded=False)
+        return future.result()
+
+    async def append(self, records: Sequence[LogRecord]) -> list[int | None]:
+        if not records:
+            return []
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int | None]] = loop.create_future()
+
+        def resolve(offsets: list[int | None] | None, exc: BaseException | None) -> None:
+            if future.done():  # the caller went away; the events are committed all the same
+                return
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(offsets or [])
+
+        def done(offsets: list[int | None] | None, exc: BaseException | None) -> None:
+            loop.call_soon_threadsafe(resolve, offsets, exc)
+
+        self._submit(records, done, bounded=True)
+        return await future
+
+    def _take(self) -> list[tuple[Sequence[LogRecord], Done]] | None:
+        """Wait for work, then gather what arrives within the commit interval."""
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            deadline = time.monotonic() + self.interval
+            batch: list[tuple[Sequence[LogRecord], Done]] = []
+            taken = 0
+            while True:
+                while self._queue and taken < self.max_batch:
+                    item = self._queue.popleft()
+                    batch.append(item)
+                    taken += len(item[0])
+                remaining = deadline - time.monotonic()
+                if taken >= self.max_batch or self._closing or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            self._queued -= taken
+            return batch
+
+    def _write_loop(self) -> None:
+        conn = _connect(self.path)
+        try:
+            while (batch := self._take()) is not None:
+                self._write(conn, batch)
+        finally:
+            conn.close()
+
+    def _write(
+        self, conn: sqlite3.Connection, batch: list[tuple[Sequence[LogRecord], Done]]
+    ) -> None:
+        cur = conn.cursor()
+        results: list[list[int | None]] = []
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            for records, _ in batch:
+                offsets: list[int | None] = []
+                for r in records:
+                    cur.execute(
+                        _INSERT,
+                        (
+                            r.source,
+                            r.message_id,
+                            r.type,
+                            r.event,
+                            r.user_id,
+                            r.anonymous_id,
+                            r.timestamp,
+                            r.received_at,
+                            r.payload,
+                            r.flags,
+                        ),
+                    )
+                    offsets.append(cur.lastrowid if cur.rowcount == 1 else None)
+                results.append(offsets)
+            cur.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - every waiting caller must hear of it
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for _, done in batch:
+                done(None, exc)
+            return
+        for (_, done), offsets in zip(batch, results, strict=True):
+            done(offsets, None)
+
+    # -- reading -----------------------------------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+            self._readers.append(conn)
+        return conn
+
+    def read(self, after: int, limit: int) -> list[tuple[int, LogRecord]]:
+        rows = self._reader().execute(
+            f'{_SELECT} WHERE "offset" > ? ORDER BY "offset" LIMIT ?', (after, limit)
+        )
+        return [_row(r) for r in rows]
+
+    def tail(self, n: int) -> list[tuple[int, LogRecord]]:
+        rows = self._reader().execute(f'{_SELECT} ORDER BY "offset" DESC LIMIT ?', (n,))
+        return [_row(r) for r in reversed(rows.fetchall())]
+
+    def count(self, event: str | None = None, source: str | None = None) -> int:
+        where, params = [], []
+        if event is not None:
+            where.append("event = ?")
+            params.append(event)
+        if source is not None:
+            where.append("source = ?")
+            params.append(source)
+        sql = "SELECT count(*) FROM events" + (" WHERE " + " AND ".join(where) if where else "")
+        return int(self._reader().execute(sql, params).fetchone()[0])
+
+    def last_offset(self) -> int:
+        row = self._reader().execute('SELECT max("offset") FROM events').fetchone()
+        return int(row[0] or 0)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            writer = self._writer
+        if writer is not None:
+            writer.join()
+        for conn in self._readers:
+            conn.close()
+        self._readers.clear()

@@ -1,0 +1,238 @@
+"""The warehouse: a DuckDB file reached through Ibis.
+
+Connections are short-lived on purpose. DuckDB lets one *process* hold a database file for
+writing; the server's background loader, a ``rapport import`` in a shell and a console query
+all need it. Inside one process DuckDB shares one database instance between connections, so
+threads work concurrently; between processes, ``connect`` waits for the other one's lock
+(``WarehouseBusy`` after ``wait`` seconds) and nobody keeps the file open while idle.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import ibis
+import ibis.expr.types as ir
+from ibis.backends.duckdb import Backend
+from ibis.backends.sql.datatypes import DuckDBType
+
+from rapport.warehouse import layout
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from rapport.settings import Settings
+
+
+class WarehouseBusy(RuntimeError):
+    """Another process holds the warehouse file (e.g. a long import run from the CLI)."""
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    return "lock" in str(exc).lower()
+
+
+class Warehouse:
+    def __init__(self, path: Path, metadata_url: str | None = None) -> None:
+        self.path = Path(path)
+        self.metadata_url = metadata_url
+        self._ready = False
+        self._ready_lock = threading.Lock()
+        self._prop_columns: dict[str, str] | None = None
+
+    @classmethod
+    def open(cls, settings: Settings) -> Warehouse:
+        """Cheap: the file is created (and tables made) on first use, not here."""
+        settings.ensure_home()
+        return cls(settings.warehouse_file, settings.metadata_url)
+
+    def close(self) -> None:
+        engine = self.__dict__.pop("_metadata_engine", None)
+        if engine is not None:
+            engine.dispose()
+
+    # -- connections ----------------------------------------------------------------------
+    @contextmanager
+    def connect(self, wait: float = 30.0) -> Iterator[Backend]:
+        """An Ibis DuckDB connection, closed afterwards; waits up to ``wait`` s for a lock."""
+        deadline = time.monotonic() + wait
+        delay = 0.02
+        while True:
+            try:
+                con = ibis.duckdb.connect(self.path)
+                break
+            except duckdb.IOException as exc:
+                if not _is_lock_error(exc) or time.monotonic() >= deadline:
+                    if _is_lock_error(exc):
+                        raise WarehouseBusy(
+                            f"the warehouse {self.path} is in use by another process "
+                            "(an import from the command line?); try again when it finishes"
+                        ) from exc
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        try:
+            self._ensure_tables(con)
+            yield con
+        finally:
+            con.disconnect()
+
+    @contextmanager
+    def transaction(self, con: Backend) -> Iterator[Backend]:
+        """All-or-nothing writes (Ibis has no transaction API, so plain BEGIN/COMMIT)."""
+        con.raw_sql("BEGIN TRANSACTION")
+        try:
+            yield con
+        except BaseException:
+            con.raw_sql("ROLLBACK")
+            raise
+        con.raw_sql("COMMIT")
+
+    def _ensure_tables(self, con: Backend) -> None:
+        if self._ready:
+            return
+        with self._ready_lock:
+            existing = set(con.list_tables())
+            for name, schema in layout.TABLES.items():
+                if name not in existing:
+                    con.create_table(name, schema=schema)
+            self._ready = True
+
+    # -- declared event properties as typed columns --------------------------------------
+    @cached_property
+    def _metadata_engine(self) -> Engine | None:
+        if not self.metadata_url:
+            return None
+        from rapport.db import make_engine
+
+        return make_engine(self.metadata_url)
+
+    def declared_event_properties(self) -> dict[str, str]:
+        """name -> plan data type, from the tracking plan (none until the catalogue exists)."""
+        try:
+            from rapport.catalog import current_plan  # type: ignore[attr-defined]
+        except ImportError:
+            return {}
+        if self._metadata_engine is None:
+            return {}
+        return dict(current_plan(self._metadata_engine).declared_event_properties())
+
+    def event_prop_columns(self, con: Backend) -> dict[str, str]:
+        """Property name -> column, adding a typed column for each newly declared property.
+
+        Ibis cannot alter a table, so ``ALTER TABLE ... ADD COLUMN`` is raw SQL.
+        """
+        declared = {
+            name: kind
+            for name, kind in self.declared_event_properties().items()
+            if kind in layout.PLAN_TYPES
+        }
+        columns = set(con.table("events").columns)
+        for name, kind in declared.items():
+            column = layout.prop_column(name)
+            if column not in columns:
+                type_sql = DuckDBType.to_string(layout.PLAN_TYPES[kind])
+                con.raw_sql(f'ALTER TABLE events ADD COLUMN IF NOT EXISTS "{column}" {type_sql}')
+        return {
+            name[len(layout.PROP_PREFIX) :]: name
+            for name in con.table("events").columns
+            if name.startswith(layout.PROP_PREFIX)
+        }
+
+    # -- state ----------------------------------------------------------------------------
+    def get_state(self, con: Backend, key: str) -> str | None:
+        state = con.table("warehouse_state")
+        rows = state.filter(state.key == key).select("value").to_pyarrow().to_pylist()
+        return rows[0]["value"] if rows else None
+
+    def set_state(self, con: Backend, key: str, value: str) -> None:
+        con.upsert("warehouse_state", ibis.memtable({"key": [key], "value": [value]}), on="key")
+
+    # -- loading --------------------------------------------------------------------------
+    def load_from_log(self, log: Any, batch: int = 50_000) -> int:
+        """Append the log's records after the stored offset; returns how many were loaded."""
+        from rapport.warehouse.loader import load_from_log
+
+        return load_from_log(self, log, batch)
+
+    def log_offset(self) -> int:
+        with self.connect() as con:
+            return int(self.get_state(con, "log_offset") or 0)
+
+    # -- queries for the console and the API --------------------------------------------
+    def events(
+        self,
+        *,
+        event: str | None = None,
+        source: str | None = None,
+        type: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Newest first."""
+        from rapport.warehouse.queries import event_rows
+
+        with self.connect() as con:
+            return event_rows(
+                con, event=event, source=source, type=type, since=since, until=until,
+                limit=limit, offset=offset,
+            )
+
+    def count_events(
+        self,
+        *,
+        event: str | None = None,
+        source: str | None = None,
+        type: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> int:
+        from rapport.warehouse.queries import filter_events
+
+        with self.connect() as con:
+            expr = filter_events(
+                con.table("events"), event=event, source=source, type=type, since=since,
+                until=until,
+            )
+            return int(expr.count().to_pyarrow().as_py())
+
+    def profile_slices(
+        self, *, source: str | None = None, record_key: str | None = None, limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """What each source said about a person record, newest first."""
+        from rapport.warehouse.queries import rows, slice_rows
+
+        with self.connect() as con:
+            return rows(slice_rows(con, source=source, record_key=record_key), limit, offset)
+
+    def items(
+        self, *, item_type: str | None = None, source: str | None = None, limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        from rapport.warehouse.queries import item_rows, rows
+
+        with self.connect() as con:
+            return rows(item_rows(con, item_type=item_type, source=source), limit, offset)
+
+    def compact_events(self) -> None:
+        """Rewrite ``events`` sorted by (day, person_key, ts) so zone maps prune both.
+
+        Loads append in sorted batches; this restores one global order after many small ones.
+        """
+        with self.connect() as con, self.transaction(con):
+            events: ir.Table = con.table("events")
+            sorted_events = events.order_by(["day", "person_key", "ts"])
+            con.create_table("events_sorted", sorted_events, overwrite=True)
+            con.drop_table("events")
+            con.raw_sql('ALTER TABLE "events_sorted" RENAME TO "events"')
