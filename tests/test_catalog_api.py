@@ -100,7 +100,9 @@ def test_properties_of_every_scope(client, admin_headers):
     assert item.status_code == 201 and item.json()["item_type"] == "product"
 
     dup = client.post(
-        "/api/plan/user-properties", json={"name": "mobile", "type": "string"}, headers=admin_headers
+        "/api/plan/user-properties",
+        json={"name": "mobile", "type": "string"},
+        headers=admin_headers,
     )
     assert dup.status_code == 409
 
@@ -118,7 +120,9 @@ def test_properties_of_every_scope(client, admin_headers):
     assert [p["name"] for p in plan["user_properties"]] == ["mobile"]
     assert plan["item_properties"][0]["description"] == "units in stock"
 
-    assert client.delete(f"/api/plan/properties/{prop_id}", headers=admin_headers).status_code == 204
+    assert (
+        client.delete(f"/api/plan/properties/{prop_id}", headers=admin_headers).status_code == 204
+    )
     assert client.get(f"/api/plan/properties/{prop_id}", headers=admin_headers).status_code == 404
 
 
@@ -134,7 +138,10 @@ def test_properties_of_every_scope(client, admin_headers):
             "less than min",
         ),
         (
-            {"name": "x", "properties": [{"name": "p", "type": "integer", "allowed_values": [1, "a"]}]},
+            {
+                "name": "x",
+                "properties": [{"name": "p", "type": "integer", "allowed_values": [1, "a"]}],
+            },
             "allowed_values",
             "not of type 'integer'",
         ),
@@ -144,7 +151,10 @@ def test_properties_of_every_scope(client, admin_headers):
             "integer and number",
         ),
         (
-            {"name": "x", "properties": [{"name": "p", "type": "string"}, {"name": "p", "type": "string"}]},
+            {
+                "name": "x",
+                "properties": [{"name": "p", "type": "string"}, {"name": "p", "type": "string"}],
+            },
             "properties",
             "declared twice",
         ),
@@ -187,7 +197,8 @@ def test_one_type_per_event_property_name(client, admin_headers):
     assert clash.status_code == 422
     assert "number on view_product" in clash.json()["detail"]
     assert "price" not in {
-        p["name"] for p in client.get("/api/plan/events/book_hotel", headers=admin_headers).json()[
+        p["name"]
+        for p in client.get("/api/plan/events/book_hotel", headers=admin_headers).json()[
             "properties"
         ]
     }

@@ -93,9 +93,7 @@ def test_unplanned_event(plan):
 
 
 def test_required_missing(plan):
-    assert kinds(plan.check(track({"price": 1}))) == [
-        ("required_missing", "$.properties.item_id")
-    ]
+    assert kinds(plan.check(track({"price": 1}))) == [("required_missing", "$.properties.item_id")]
     assert kinds(plan.check(track(None))) == [("required_missing", "$.properties.item_id")]
     assert kinds(plan.check(track({"item_id": None}))) == [
         ("required_missing", "$.properties.item_id")
@@ -231,3 +229,28 @@ def test_writes_by_other_processes_are_seen_within_a_second(ws, monkeypatch):
             .values(max_value=300, updated_at=datetime.now(UTC))
         )
     assert catalog.current_plan(ws.db).check({"type": "identify", "traits": {"age": 200}}) == []
+
+
+def test_plan_on_postgresql(tmp_path, pg_url):
+    workspace = Workspace(load_settings(home=tmp_path / "home", database_url=pg_url))
+    workspace.init()
+    try:
+        catalog.import_plan(workspace.db, PLAN)
+        catalog.add_user_property(
+            workspace.db, catalog.PropertyBody(name="city", type=catalog.DataType.string)
+        )
+        with pytest.raises(catalog.Invalid, match="number on view_product"):
+            catalog.add_event_property(
+                workspace.db, "payment_failed", catalog.PropertyBody(name="price", type="string")
+            )
+        plan = catalog.current_plan(workspace.db)
+        assert plan.user_properties()["city"] == "string"
+        assert kinds(plan.check(track({"price": "x"}))) == [
+            ("datatype_mismatch", "$.properties.price"),
+            ("required_missing", "$.properties.item_id"),
+        ]
+        again = catalog.import_plan(workspace.db, catalog.export_plan(workspace.db), replace=True)
+        assert again.properties_created == again.properties_updated == 0
+        assert again.properties_deleted == again.events_deleted == 0
+    finally:
+        workspace.close()

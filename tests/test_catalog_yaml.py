@@ -117,11 +117,17 @@ def test_merge_keeps_and_replace_deletes(workspace):
             "user_properties.age.type: missing (one of: string, integer, number, boolean, "
             "datetime) (line 2)",
         ),
-        ("people: {}\n", "people: unknown section (expected: events, common_properties, "
-         "user_properties, item_properties) (line 1)"),
+        (
+            "people: {}\n",
+            "people: unknown section (expected: events, common_properties, "
+            "user_properties, item_properties) (line 1)",
+        ),
         ("- a\n- b\n", "(document): the plan must be a mapping, got list"),
-        ("events: [\n", "(document): not valid YAML at line 2, column 1: expected the node "
-         "content, but found '<stream end>'"),
+        (
+            "events: [\n",
+            "(document): not valid YAML at line 2, column 1: expected the node "
+            "content, but found '<stream end>'",
+        ),
         (
             "item_properties:\n  product:\n    stock: [integer]\n",
             "item_properties.product.stock: a property is a type name or a mapping with 'type' "
@@ -169,33 +175,48 @@ def test_type_clash_with_the_existing_plan_on_merge(workspace):
     assert catalog.current_plan(workspace.db).declared_event_properties() == {"price": "integer"}
 
 
-def _rapport(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rapport", "plan", *args],
-        env={**os.environ, "RAPPORT_HOME": str(home), "COLUMNS": "200"},
+def test_cli_import_in_a_real_process(tmp_path):
+    imported = subprocess.run(
+        [sys.executable, "-m", "rapport", "plan", "import", str(EXAMPLE), "--json"],
+        env={**os.environ, "RAPPORT_HOME": str(tmp_path / "home")},
         capture_output=True,
         text=True,
         timeout=120,
     )
-
-
-def test_cli_import_export_show(tmp_path):
-    home = tmp_path / "home"
-    imported = _rapport(home, "import", str(EXAMPLE), "--json")
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["events_created"] == 10
 
-    out = tmp_path / "plan.yaml"
-    assert _rapport(home, "export", str(out)).returncode == 0
-    assert yaml.safe_load(out.read_text())["events"]["book_hotel"]["properties"]["nights"][
-        "type"
-    ] == "integer"
 
-    shown = _rapport(home, "show")
-    assert "view_product" in shown.stdout and "id_card" in shown.stdout
+@pytest.fixture
+def rapport(tmp_path, monkeypatch):
+    """Run ``rapport plan ARGS`` in-process (the CLI's start-up is slow to repeat)."""
+    from typer.testing import CliRunner
+
+    from rapport.catalog.cli import cli
+    from rapport.settings import get_settings
+
+    monkeypatch.setenv("RAPPORT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COLUMNS", "200")
+    get_settings.cache_clear()
+    yield lambda *args: CliRunner().invoke(cli, list(args))
+    get_settings.cache_clear()
+
+
+def test_cli_export_show_and_errors(rapport, tmp_path):
+    assert rapport("show").stdout.startswith("The tracking plan is empty")
+    assert rapport("import", str(EXAMPLE)).stdout.startswith("Event types: 10 created")
+
+    out = tmp_path / "plan.yaml"
+    assert rapport("export", str(out)).exit_code == 0
+    nights = yaml.safe_load(out.read_text())["events"]["book_hotel"]["properties"]["nights"]
+    assert nights["type"] == "integer"
+    assert rapport("export").stdout == out.read_text()
+
+    shown = rapport("show").stdout
+    assert "view_product" in shown and "id_card" in shown
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("events:\n  x:\n    properties:\n      p: money\n")
-    failed = _rapport(home, "import", str(bad))
-    assert failed.returncode == 1
+    failed = rapport("import", str(bad))
+    assert failed.exit_code == 1
     assert "events.x.properties.p.type: unknown type 'money'" in failed.stderr

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from rapport.catalog import EventTypeBody, PropertyBody, add_event_property, create_event_type
+from rapport.catalog import EventTypeBody, PropertyBody, create_event_type
 from rapport.db.tables import violations
 from rapport.ingest import quarantine
 from rapport.ingest.sources import create_source

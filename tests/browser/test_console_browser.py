@@ -99,10 +99,11 @@ def test_operator_journey(server, page):
     expect(page.locator("#tail-body tr.detail").first).to_contain_text("6999")
 
     # an unplanned event from the strict source is quarantined ...
-    caught = httpx.post(
-        f"{server.url}/v1/track",
+    caught = httpx.post(  # through /v1/batch, as the Segment libraries send
+        f"{server.url}/v1/batch",
         auth=(key, ""),
-        json={"userId": "u-1001", "event": "add_to_cart", "properties": {"sku": "BCD-520"}},
+        json={"batch": [{"type": "track", "userId": "u-1001", "event": "add_to_cart",
+                         "properties": {"sku": "BCD-520"}}]},
     )
     assert caught.status_code == 200, caught.text
     page.click("nav >> text=Quarantine")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 
 from sqlalchemy import Engine
 
@@ -25,23 +26,19 @@ class _Entry:
         self.checked_at = checked_at
 
 
-_cache: dict[str, _Entry] = {}
+#: keyed by the engine itself: hashing an Engine is free, rendering its URL is not
+_cache: weakref.WeakKeyDictionary[Engine, _Entry] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
-
-
-def _key(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=False)
 
 
 def current_plan(engine: Engine) -> CompiledPlan:
     """The compiled plan of ``engine``'s DB: cached, at most ~1 s behind other processes."""
-    key = _key(engine)
-    entry = _cache.get(key)
+    entry = _cache.get(engine)
     now = time.monotonic()
     if entry is not None and now - entry.checked_at < RECHECK_S:
         return entry.plan
     with _lock:
-        entry = _cache.get(key)
+        entry = _cache.get(engine)
         if entry is not None and now - entry.checked_at < RECHECK_S:
             return entry.plan
         with engine.connect() as conn:
@@ -52,10 +49,13 @@ def current_plan(engine: Engine) -> CompiledPlan:
             # Stamp and plan come from one connection; a write in between only means the
             # next check (in a second) compiles again.
             plan = CompiledPlan(load_plan(conn), stamp)
-        _cache[key] = _Entry(plan, now)
+        _cache[engine] = _Entry(plan, now)
         return plan
 
 
 def invalidate(engine: Engine) -> None:
-    """Forget the cached plan of ``engine``'s DB: the next ``current_plan`` recompiles."""
-    _cache.pop(_key(engine), None)
+    """Forget the cached plan of ``engine``'s DB (under every engine open on the same URL)."""
+    url = engine.url
+    with _lock:
+        for other in [e for e in _cache if e.url == url]:
+            _cache.pop(other, None)

@@ -304,6 +304,7 @@ def update_property(
 
 
 def delete_property(engine: Engine, prop_id: int, actor: str = "system") -> None:
-    with writing(engine, actor, "plan.property.delete", str(prop_id)) as conn:
-        _property(conn, prop_id)
+    prop = get_property(engine, prop_id)
+    detail = {"name": prop.name, "scope": prop.scope.value, "event": prop.event}
+    with writing(engine, actor, "plan.property.delete", str(prop_id), **detail) as conn:
         conn.execute(delete(properties).where(properties.c.id == prop_id))

@@ -55,7 +55,7 @@ _ARTICLE = {
 class _Rule:
     """One compiled property: accepted Python types, then optional allowed set and range."""
 
-    __slots__ = ("name", "data_type", "types", "is_datetime", "allowed", "low", "high", "plain")
+    __slots__ = ("name", "data_type", "types", "is_datetime", "allowed", "low", "high", "fast")
 
     def __init__(self, prop: PropertyOut) -> None:
         self.name = prop.name
@@ -65,10 +65,9 @@ class _Rule:
         self.allowed = frozenset(prop.allowed_values) if prop.allowed_values else None
         self.low = prop.min
         self.high = prop.max
-        #: nothing to check beyond the Python type: the common case, kept to one branch
-        self.plain = not (self.is_datetime or self.allowed or self.low is not None) and (
-            self.high is None
-        )
+        plain = not (self.is_datetime or self.allowed) and self.low is None and self.high is None
+        #: the types that need no further check: the common case costs one set look-up
+        self.fast = self.types if plain else frozenset()
 
 
 class _Spec:
@@ -124,9 +123,9 @@ def _check(
                     )
                 )
             continue
-        if value is None:  # an explicit null means "not set"
+        if type(value) in rule.fast:
             continue
-        if type(value) in rule.types and rule.plain:
+        if value is None:  # an explicit null means "not set"
             continue
         if type(value) not in rule.types or (rule.is_datetime and not is_iso_datetime(value)):
             out.append(

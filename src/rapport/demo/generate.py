@@ -32,7 +32,6 @@ from rapport.demo.people import Pools
 from rapport.demo.products import HOTELS, PRODUCTS
 from rapport.demo.systems import (
     MEMBER_COLUMNS,
-    ORDER_COLUMNS,
     TICKET_COLUMNS,
     TRACKING_SOURCES,
     Chunk,
@@ -189,7 +188,7 @@ def _chunk_in_worker(seed: int, index: int, persons: int, end: datetime) -> Chun
 def _chunks(seed: int, persons: int, end: datetime, workers: int) -> Iterator[Chunk]:
     """Chunks in order; at most two per worker in flight so memory does not grow with size."""
     n_chunks = -(-persons // CHUNK_PERSONS)
-    if workers <= 1:
+    if workers <= 1 or n_chunks == 1:
         _init_worker(seed)
         for index in range(n_chunks):
             yield _chunk_in_worker(seed, index, persons, end)

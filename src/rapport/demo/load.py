@@ -9,6 +9,7 @@ and the item catalogue go through the batch importer (SQL by SQLAlchemy URL and 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 from collections.abc import Iterator
@@ -83,12 +84,8 @@ def load_plan(ws: Workspace) -> str:
 def create_sources(ws: Workspace) -> list[str]:
     """The demo's six sources (existing ones are kept: the demo can be loaded again)."""
     for name, kind, allowed, description in SOURCES:
-        try:
-            create_source(
-                ws.db, name, kind=kind, allowed_events=allowed, description=description
-            )
-        except SourceExists:
-            pass
+        with contextlib.suppress(SourceExists):
+            create_source(ws.db, name, kind=kind, allowed_events=allowed, description=description)
     return [name for name, *_ in SOURCES]
 
 
@@ -141,3 +138,103 @@ def load_events(ws: Workspace, files: DemoFiles, progress: Progress | None = Non
 def _tally(tally: dict[str, int], results: list[dict[str, Any]]) -> None:
     for result in results:
         tally[result["status"]] += 1
+
+
+def import_specs(files: DemoFiles) -> list[dict[str, Any]]:
+    """The import definitions a data engineer would save for the demo's offline systems."""
+    return [
+        {
+            "name": "demo:members",
+            "source": "member_db",
+            "uri": f"sqlite:///{files.member_db.resolve()}",
+            "table": "members",
+            "watermark": "updated_at",
+            "mapping": {
+                "target": "profiles",
+                "key": "member_id",
+                "identifiers": {
+                    "member_id": "member_id",
+                    "mobile": "mobile",
+                    "email": "email",
+                    "id_card": "id_card",
+                },
+                "properties": ["name", "gender", "birthday", "city", "member_level"]
+                + ["registered_at"],
+                "updated_at": "updated_at",
+            },
+        },
+        {
+            "name": "demo:orders",
+            "source": "orders",
+            "uri": str(files.orders.resolve()),
+            "mapping": {
+                "target": "events",
+                "event": {"name": "order_paid", "time": "paid_at", "id": "order_id"},
+                "identifiers": {"customer_id": "customer_id", "mobile": "mobile"},
+                "properties": ["order_id", "model", "category", "amount"],
+            },
+        },
+        {
+            "name": "demo:products",
+            "source": "orders",
+            "uri": str(files.products.resolve()),
+            "mapping": {
+                "target": "items",
+                "item": {"type": "product", "id": "item_id"},
+                "properties": ["model", "brand", "category", "price", "stock"],
+            },
+        },
+        {
+            "name": "demo:hotels",
+            "source": "orders",
+            "uri": str(files.hotels.resolve()),
+            "mapping": {
+                "target": "items",
+                "item": {"type": "hotel", "id": "item_id"},
+                "properties": ["name", "city", "star", "price"],
+            },
+        },
+        {
+            "name": "demo:tickets",
+            "source": "customer_service",
+            "uri": str(files.tickets.resolve()),
+            "mapping": {
+                "target": "events",
+                "event": {"name": "service_ticket", "time": "created_at", "id": "ticket_id"},
+                "identifiers": {"email": "email", "phone": "mobile"},
+                "properties": {"ticket_id": "ticket_id", "topic": "topic"}
+                | {"channel": "service_channel"},
+            },
+        },
+    ]
+
+
+def run_imports(
+    ws: Workspace, files: DemoFiles, progress: Progress | None = None
+) -> dict[str, dict[str, Any]]:
+    """Run every offline import of the demo; the finished ``import_runs`` row of each."""
+    from rapport.ingest.importer import parse_spec, run_import
+
+    runs = {}
+    for data in import_specs(files):
+        spec = parse_spec(data)
+        report = None
+        if progress is not None:
+            task = progress.add_task(f"import: {spec.display_name()}", total=None)
+
+            def report(stage: str, done: int, total: int | None, task: Any = task) -> None:
+                progress.update(task, completed=done, total=total)
+
+        runs[spec.display_name()] = run_import(ws, spec, progress=report)
+    return runs
+
+
+def load_warehouse(ws: Workspace) -> int:
+    """Move the log's events into the warehouse now (the server would do it in the background)."""
+    return ws.warehouse.load_from_log(ws.log)
+
+
+def quarantine_counts(ws: Workspace) -> dict[str, int]:
+    from rapport.ingest.quarantine import counts_by_reason
+
+    return counts_by_reason(ws.db)

@@ -9,9 +9,9 @@ cheap to send back from a worker process.
 from __future__ import annotations
 
 import random
-from functools import lru_cache
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -39,7 +39,6 @@ MEMBER_COLUMNS = [
     "member_id", "name", "gender", "birthday", "mobile", "email", "id_card", "city",
     "member_level", "registered_at", "updated_at",
 ]  # fmt: skip
-ORDER_COLUMNS = ["order_id", "customer_id", "mobile", "model", "category", "amount", "paid_at"]
 TICKET_COLUMNS = ["ticket_id", "email", "phone", "topic", "channel", "created_at"]
 TRACKING_SOURCES = ("app", "web", "server")
 
@@ -51,7 +50,9 @@ class Chunk:
     members: list[tuple[Any, ...]] = field(default_factory=list)
     orders: list[tuple[Any, ...]] = field(default_factory=list)
     tickets: list[tuple[Any, ...]] = field(default_factory=list)
-    events: dict[str, list[bytes]] = field(default_factory=lambda: {s: [] for s in TRACKING_SOURCES})
+    events: dict[str, list[bytes]] = field(
+        default_factory=lambda: {s: [] for s in TRACKING_SOURCES}
+    )
     #: the ground truth as three columns: source, record key, true person
     truth: tuple[list[str], list[str], list[int]] = field(default_factory=lambda: ([], [], []))
     persons: int = 0
@@ -90,7 +91,7 @@ def _sql_time(ts: float) -> str:
 
 
 class _Tracker:
-    """Builds one person's Segment messages, as the app/web SDKs and the payment server send them."""
+    """One person's Segment messages, as the app/web SDKs and the payment server send them."""
 
     def __init__(self, rng: random.Random, person: Person, chunk: Chunk) -> None:
         self.rng, self.p, self.chunk = rng, person, chunk
@@ -159,6 +160,8 @@ def _view(rng: random.Random, product: Product, keen: bool, platform: str) -> tu
         "scene": rng.choice(["home", "search", "recommend", "campaign", "category_page"]),
         "channel": platform,
     }
+    if rng.random() < 0.005:  # an old app build sends the price as text: a plan violation
+        props["price"] = f"{product.price:.0f}"
     return ("track", "view_product", props, None)
 
 
@@ -274,9 +277,7 @@ class PersonRecords:
             else:
                 model, category = item.model, item.category
             when = datetime.fromtimestamp(paid, UTC)
-            self.chunk.orders.append(
-                (order_id, customer_id, mobile, model, category, amount, when)
-            )
+            self.chunk.orders.append((order_id, customer_id, mobile, model, category, amount, when))
             self.chunk.record("orders", order_id, p.pid)
             preferred = "app" if rng.random() < 0.6 else ("web" if rng.random() < 0.6 else "store")
             platform = self._platform(preferred) if preferred != "store" else None

@@ -18,7 +18,7 @@ from sqlalchemy import insert
 from rapport.accounts import now
 from rapport.db.tables import violations as violations_table
 from rapport.ingest import quarantine
-from rapport.ingest.messages import MessageError, iso, normalise, to_record
+from rapport.ingest.messages import MessageError, as_received, iso, normalise, to_record
 from rapport.ingest.sources import Source, source_by_name
 from rapport.log import FLAG_REPLAYED, LogRecord
 
@@ -75,27 +75,32 @@ class Collector:
         plan = current_plan(self.ws.db)
         event_kind = getattr(plan, "event_kind", None)
         allowed = source.allowed_events
+        received_iso = iso(received)
+        sent_iso = iso(sent_at) if sent_at is not None else None
         for i, raw in enumerate(messages):
             where = "$" if path == "$" else f"{path}[{i}]"
-            # kept as received for the quarantine; the batch's sentAt goes with it for replay
-            original = raw
-            if isinstance(raw, dict):
-                original = dict(raw)
-                original.pop("writeKey", None)
-                if sent_at is not None and "sentAt" not in original:
-                    original["sentAt"] = iso(sent_at)
             try:
                 msg, msg_flags = normalise(
                     raw,
                     where,
                     received=received,
+                    received_iso=received_iso,
                     sent_at=sent_at,
                     max_skew=self.max_skew,
                     default_type=default_type,
                 )
+            except MessageError as exc:
+                if isinstance(raw, dict):
+                    raw.pop("writeKey", None)
+                    if sent_iso is not None and "sentAt" not in raw:
+                        raw["sentAt"] = sent_iso
+                self._quarantine(out, source, raw, exc.reason, exc.message, exc.path)
+                continue
+            found: list[dict[str, str]] = []
+            try:
                 kind = msg["type"]
-                name = msg.get("event") if kind == "track" else None
                 if kind == "track":
+                    name = msg["event"]
                     if allowed is not None and name not in allowed:
                         raise MessageError(
                             "event_not_allowed",
@@ -103,11 +108,8 @@ class Collector:
                             f"source {source.name!r} may not send {name!r} "
                             f"(allowed: {', '.join(sorted(allowed)) or 'none'})",
                         )
-                    if (
-                        source.kind != "server"
-                        and event_kind is not None
-                        and event_kind(name) == "system"
-                    ):
+                    client = source.kind != "server"
+                    if client and event_kind is not None and event_kind(name) == "system":
                         raise MessageError(
                             "server_only_event",
                             f"{where}.event",
@@ -123,21 +125,12 @@ class Collector:
                         f"{len(record.payload)} bytes, over the limit of "
                         f"{self.max_event_bytes} bytes per event",
                     )
+                if found and source.strict:
+                    first = found[0]
+                    raise MessageError(first["type"], first["path"], first["message"])
             except MessageError as exc:
-                self._quarantine(out, source, raw, original, exc.reason, exc.message, exc.path)
-                continue
-            if found and source.strict:
-                first = found[0]
-                self._quarantine(
-                    out,
-                    source,
-                    msg,
-                    original,
-                    first["type"],
-                    first["message"],
-                    first["path"],
-                    found,
-                )
+                original = as_received(msg, sent_iso)
+                self._quarantine(out, source, original, exc.reason, exc.message, exc.path, found)
                 continue
             if found:
                 out.violations[len(out.records)] = found
@@ -151,7 +144,6 @@ class Collector:
         out: Checked,
         source: Source,
         msg: Any,
-        original: Any,
         reason: str,
         message: str,
         path: str,
@@ -167,7 +159,7 @@ class Collector:
                 "kind": "event",
                 "reason": reason,
                 "detail": detail,
-                "payload": original,
+                "payload": msg,
                 "violations": found,
                 "event": event if isinstance(event, str) else None,
             }
@@ -179,7 +171,7 @@ class Collector:
     # -- making it durable ---------------------------------------------------------------
     def _settle(self, checked: Checked, offsets: list[int | None]) -> list[dict[str, Any]]:
         seen = now()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for i, (slot, offset) in enumerate(zip(checked.slots, offsets, strict=True)):
             if offset is None:
                 checked.results[slot]["status"] = "duplicate"

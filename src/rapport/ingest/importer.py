@@ -237,9 +237,11 @@ def replay_rows(ws: Workspace, entries: Sequence[dict[str, Any]]) -> dict[str, A
         definition = None
         if run and run.get("import_id"):
             with ws.db.connect() as conn:
-                row = conn.execute(
-                    select(imports).where(imports.c.id == run["import_id"])
-                ).mappings().first()
+                row = (
+                    conn.execute(select(imports).where(imports.c.id == run["import_id"]))
+                    .mappings()
+                    .first()
+                )
             definition = dict(row) if row else None
         if definition is None:
             for entry in group:
@@ -261,9 +263,7 @@ def replay_rows(ws: Workspace, entries: Sequence[dict[str, Any]]) -> dict[str, A
         try:
             with ws.warehouse.connect(wait=120) as con:
                 raw = _rows_table(con, rows, row_numbers)
-                result = _Pipeline(ws, con, spec, replay_run, None, quarantine=False).run(
-                    raw=raw
-                )
+                result = _Pipeline(ws, con, spec, replay_run, None, quarantine=False).run(raw=raw)
         except Exception as exc:
             _finish_run(ws.db, replay_run, status="failed", error=str(exc))
             raise
@@ -411,9 +411,9 @@ class _Pipeline:
         self._check_columns(raw)
         if last_watermark is not None and spec.watermark and spec.kind != "sql":
             column = raw[spec.watermark]
-            raw = raw.filter(column > ibis.literal(decode_watermark(last_watermark)).cast(
-                column.type()
-            ))
+            raw = raw.filter(
+                column > ibis.literal(decode_watermark(last_watermark)).cast(column.type())
+            )
         result = _Result()
         result.rows_read = int(raw.count().to_pyarrow().as_py())
         self.progress("read", result.rows_read, result.rows_read)
@@ -444,7 +444,11 @@ class _Pipeline:
             if spec.watermark and last_watermark is not None:
                 watermark = (spec.watermark, decode_watermark(last_watermark))
             return open_sql(
-                self.con, spec.uri, table=spec.table, query=spec.query, watermark=watermark,
+                self.con,
+                spec.uri,
+                table=spec.table,
+                query=spec.query,
+                watermark=watermark,
                 progress=self.progress,
             )
         text_columns = list(self.mapping.identifiers) + list(self.mapping.key)
@@ -459,7 +463,9 @@ class _Pipeline:
         wanted = dict(self.mapping.columns())
         if self.spec.watermark:
             wanted[self.spec.watermark] = "watermark"
-        missing = [f"{path}: column {col!r}" for col, path in wanted.items() if col not in available]
+        missing = [
+            f"{path}: column {col!r}" for col, path in wanted.items() if col not in available
+        ]
         if missing:
             raise MappingError(
                 f"{'; '.join(missing)} not found in {self.spec.display_name()} "
@@ -523,7 +529,9 @@ class _Pipeline:
         else:
             row = ibis.struct({c: raw[c] for c in raw.columns if c != ROW})
             values["__event_id"] = row.cast("json").cast("string").hexdigest("md5")
-        values["__user_id"] = _clean_text(raw[event.user_id]) if event.user_id else ibis.null("string")
+        values["__user_id"] = (
+            _clean_text(raw[event.user_id]) if event.user_id else ibis.null("string")
+        )
         declared = self.ws.warehouse.declared_event_properties()
         for j, (column, name) in enumerate(self.mapping.properties.items()):
             kind = declared.get(name)
@@ -672,9 +680,7 @@ class _Pipeline:
                     )
 
     # -- refused rows -----------------------------------------------------------------------
-    def _problems(
-        self, raw: ir.Table, bad: ir.Table, result: _Result
-    ) -> dict[int, dict[str, str]]:
+    def _problems(self, raw: ir.Table, bad: ir.Table, result: _Result) -> dict[int, dict[str, str]]:
         cols = [ROW, "__problem"] + [c.message_column for c in self.checks if c.message_column]
         refused = bad.select(*dict.fromkeys(cols)).order_by(ROW).to_pyarrow().to_pylist()
         result.rows_quarantined = len(refused)
@@ -748,9 +754,7 @@ class _Pipeline:
             __existing_id=existing.event_id
         )
         new = good.anti_join(existing, good["__event_id"] == existing["__existing_id"])
-        ids = {
-            identifier_name(t): i for i, t in enumerate(self.mapping.identifiers.values())
-        }
+        ids = {identifier_name(t): i for i, t in enumerate(self.mapping.identifiers.values())}
         user = new["__user_id"]
         for id_type in ("member_id", "customer_id"):
             if id_type in ids:
@@ -795,9 +799,7 @@ class _Pipeline:
             group_by=key, order_by=[rows.updated_at.desc(), rows["__row"].desc()]
         )
         rows = rows.mutate(__n=latest).filter(ibis._["__n"] == 0).drop("__n")
-        existing = con.table(table_name).select(
-            __old_key=ibis._[key], __old_fp=ibis._.fingerprint
-        )
+        existing = con.table(table_name).select(__old_key=ibis._[key], __old_fp=ibis._.fingerprint)
         changed = rows.anti_join(
             existing, [rows[key] == existing["__old_key"], rows.fingerprint == existing["__old_fp"]]
         ).drop("__row")

@@ -98,6 +98,7 @@ def normalise(
     path: str,
     *,
     received: datetime,
+    received_iso: str,
     sent_at: datetime | None,
     max_skew: timedelta,
     default_type: str | None = None,
@@ -107,6 +108,7 @@ def normalise(
     ``messageId`` is created when absent; ``originalTimestamp`` keeps the client's clock;
     ``timestamp`` is corrected by ``receivedAt - sentAt``; a time more than ``max_skew`` from the
     server clock is replaced by the server time and flagged. ``writeKey`` is removed.
+    Works in place (no copy on the hot path); ``as_received`` undoes the timestamp changes.
     """
     if not isinstance(msg, dict):
         raise MessageError("invalid_message", path, "a message must be a JSON object")
@@ -156,9 +158,26 @@ def normalise(
             ts = parsed + (received - sent) if sent is not None else parsed
             if abs(ts - received) > max_skew:
                 ts, flags = received, FLAG_CLOCK_SKEW
-    msg["timestamp"] = iso(ts)
-    msg["receivedAt"] = iso(received)
+    msg["timestamp"] = received_iso if ts is received else iso(ts)
+    msg["receivedAt"] = received_iso
     return msg, flags
+
+
+def as_received(msg: dict[str, Any], sent_at_iso: str | None) -> dict[str, Any]:
+    """A normalised message as the client sent it (for the quarantine, to be replayed later).
+
+    It keeps its messageId, so a replay is deduplicated like a retry, and gets the batch's
+    ``sentAt`` when it had none, so a replay corrects its clock the same way.
+    """
+    original = dict(msg)
+    original.pop("receivedAt", None)
+    if "originalTimestamp" in original:
+        original["timestamp"] = original.pop("originalTimestamp")
+    else:
+        original.pop("timestamp", None)
+    if sent_at_iso is not None and "sentAt" not in original:
+        original["sentAt"] = sent_at_iso
+    return original
 
 
 def to_record(source: str, msg: dict[str, Any], flags: int = 0) -> LogRecord:

@@ -105,7 +105,9 @@ def normalize_id_card(value: str) -> str:
     try:
         date(int(text[6:10]), int(text[10:12]), int(text[12:14]))
     except ValueError:
-        raise InvalidValue("invalid_id_card", f"ID card has no valid birth date: {value!r}") from None
+        raise InvalidValue(
+            "invalid_id_card", f"ID card has no valid birth date: {value!r}"
+        ) from None
     if id_card_check_digit(text[:17]) != text[17]:
         raise InvalidValue("invalid_id_card", f"ID card checksum does not match: {value!r}")
     return text

@@ -47,8 +47,10 @@ def _duplicates(slices: ir.Table) -> dict[tuple[str, str], int]:
     ids = _long(slices, "identifiers")
     ids = ids.filter(ids.value.notnull())
     per_value = ids.group_by(["source", "name", "value"]).aggregate(n=ids.record_key.nunique())
-    dup = per_value.filter(per_value.n > 1).group_by(["source", "name"]).aggregate(
-        values=ibis._.count()
+    dup = (
+        per_value.filter(per_value.n > 1)
+        .group_by(["source", "name"])
+        .aggregate(values=ibis._.count())
     )
     return {(r["source"], r["name"]): r["values"] for r in dup.to_pyarrow().to_pylist()}
 
@@ -182,8 +184,16 @@ def quality_report(ws: Workspace, source: str | None = None) -> dict[str, Any]:
                 }
     for (src, column), count in invalid.items():
         field = by_source[src].setdefault(
-            column, {"field": column, "kind": "column", "records": None, "filled": None,
-                     "fill_rate": None, "distinct": None, "duplicates": None}
+            column,
+            {
+                "field": column,
+                "kind": "column",
+                "records": None,
+                "filled": None,
+                "fill_rate": None,
+                "distinct": None,
+                "duplicates": None,
+            },
         )
         field["invalid"] = count
     sources = []
@@ -194,8 +204,16 @@ def quality_report(ws: Workspace, source: str | None = None) -> dict[str, Any]:
                 "source": src,
                 "records": records.get(src, 0),
                 "last_runs": [
-                    {k: run[k] for k in ("id", "rows_read", "rows_loaded", "rows_duplicate",
-                                         "rows_quarantined")}
+                    {
+                        k: run[k]
+                        for k in (
+                            "id",
+                            "rows_read",
+                            "rows_loaded",
+                            "rows_duplicate",
+                            "rows_quarantined",
+                        )
+                    }
                     for run in runs.get(src, [])
                 ],
                 "fields": fields,
@@ -203,7 +221,8 @@ def quality_report(ws: Workspace, source: str | None = None) -> dict[str, Any]:
         )
     if source is not None:
         conflicts = [
-            c for c in conflicts
+            c
+            for c in conflicts
             if any(source in ex["values"] for ex in c["examples"]) or not c["examples"]
         ]
     return {"sources": sources, "conflicts": conflicts}

@@ -185,7 +185,9 @@ def replay(ws: Workspace, ids: Sequence[int]) -> dict[str, Any]:
     if rows:
         from rapport.ingest.importer import replay_rows  # brief B's importer
 
-        summary["rows"] = replay_rows(ws, rows)
+        summary["rows"] = done = replay_rows(ws, rows)
+        summary["replayed"] += done.get("replayed", 0)
+        summary["still_failing"] += done.get("still_failing", 0)
     return summary
 
 

@@ -62,9 +62,7 @@ def open_file(con: Backend, path: str, fmt: str, text_columns: Iterable[str]) ->
     try:
         if fmt == "parquet":
             table = con.read_parquet(path, file_row_number=True)
-            return table.rename({ROW: "file_row_number"}).mutate(
-                **{ROW: ibis._[ROW] + 1}
-            )
+            return table.rename({ROW: "file_row_number"}).mutate(**{ROW: ibis._[ROW] + 1})
         if fmt == "csv":
             header = con.read_csv(path)
             wanted = {c: "string" for c in text_columns if c in header.columns}
@@ -142,10 +140,7 @@ def open_sql(
         data = pa.table({name: pa.array([], pa.string()) for name in columns})
     data = data.cast(
         pa.schema(
-            [
-                pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
-                for f in data.schema
-            ]
+            [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in data.schema]
         )
     )
     data = data.append_column(ROW, pa.array(range(1, data.num_rows + 1), pa.int64()))

@@ -65,7 +65,7 @@ def _public(row: Any) -> dict[str, Any]:
 def _clean_events(allowed_events: Iterable[str] | None) -> list[str] | None:
     if allowed_events is None:
         return None
-    names = []
+    names: list[str] = []
     for raw in allowed_events:
         names.extend(part.strip() for part in str(raw).split(",") if part.strip())
     return sorted(set(names))

@@ -121,9 +121,9 @@ def records_to_arrow(
     return pa.table(arrays)
 
 
-def load_from_log(wh: Warehouse, log: _Log, batch: int = 50_000) -> int:
+def load_from_log(wh: Warehouse, log: _Log, batch: int = 50_000, wait: float = 30.0) -> int:
     loaded = 0
-    with wh.connect() as con:
+    with wh.connect(wait=wait) as con:
         columns = wh.event_prop_columns(con)
         declared = wh.declared_event_properties()
         prop_types = {name: declared[name] for name in columns if name in declared}

@@ -157,11 +157,11 @@ class Warehouse:
         con.upsert("warehouse_state", ibis.memtable({"key": [key], "value": [value]}), on="key")
 
     # -- loading --------------------------------------------------------------------------
-    def load_from_log(self, log: Any, batch: int = 50_000) -> int:
+    def load_from_log(self, log: Any, batch: int = 50_000, wait: float = 30.0) -> int:
         """Append the log's records after the stored offset; returns how many were loaded."""
         from rapport.warehouse.loader import load_from_log
 
-        return load_from_log(self, log, batch)
+        return load_from_log(self, log, batch, wait)
 
     def log_offset(self) -> int:
         with self.connect() as con:

@@ -110,13 +110,13 @@ class LoaderStatus(BaseModel):
 
 def _load_once(app: FastAPI) -> int:
     ws = app.state.ws
-    return int(ws.warehouse.load_from_log(ws.log))
+    return int(ws.warehouse.load_from_log(ws.log, wait=1.0))
 
 
-async def _loader(app: FastAPI) -> None:
+async def _loader(app: FastAPI, stopping: asyncio.Event) -> None:
     """Every LOAD_INTERVAL s, move new log records into the warehouse (in a thread)."""
     state: LoaderStatus = app.state.warehouse_loader
-    while True:
+    while not stopping.is_set():
         try:
             state.loaded += await asyncio.to_thread(_load_once, app)
             state.last_error = None
@@ -126,21 +126,24 @@ async def _loader(app: FastAPI) -> None:
             state.last_error = repr(exc)
             log.exception("warehouse loader pass failed")
         state.passes += 1
-        await asyncio.sleep(LOAD_INTERVAL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), LOAD_INTERVAL)
 
 
 def setup(app: FastAPI) -> None:
     app.state.warehouse_loader = LoaderStatus()
+    stopping = asyncio.Event()
 
     async def start(app: FastAPI) -> None:
-        app.state.warehouse_loader_task = asyncio.create_task(_loader(app))
+        stopping.clear()
+        app.state.warehouse_loader_task = asyncio.create_task(_loader(app, stopping))
 
     async def stop(app: FastAPI) -> None:
+        """Let the running pass finish (its thread cannot be cancelled) before the stores close."""
+        stopping.set()
         task = getattr(app.state, "warehouse_loader_task", None)
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await task
 
     app.state.startup.append(start)
     app.state.shutdown.append(stop)

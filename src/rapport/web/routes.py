@@ -19,6 +19,9 @@ def mount(app: FastAPI) -> None:
     from rapport.web import api_plan
 
     modules += [api_plan]
+    from rapport.web import api_imports
+
+    modules += [api_imports]
     for module in modules:
         setup = getattr(module, "setup", None)
         if setup is not None:

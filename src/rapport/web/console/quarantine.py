@@ -78,6 +78,9 @@ async def replay(request: Request, who: Principal = Depends(require(Role.admin))
     summary = await run_in_threadpool(store.replay, ws, ids)
     accounts.audit(ws.db, who.name, "quarantine.replay", f"{len(ids)} entries")
     message = f"Replayed {summary['replayed']}; still failing {summary['still_failing']}."
+    reasons = sorted({r["reason"] for r in summary["results"] if r.get("reason")})
+    if reasons:
+        message += f" Reasons: {', '.join(reasons)}."
     rows = summary.get("rows")
     if isinstance(rows, dict):
         message += f" Rows: {', '.join(f'{k} {v}' for k, v in rows.items())}."
