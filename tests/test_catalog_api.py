@@ -125,46 +125,63 @@ def test_properties_of_every_scope(client, admin_headers):
     )
     assert client.get(f"/api/plan/properties/{prop_id}", headers=admin_headers).status_code == 404
 
+    not_item = client.patch(
+        f"/api/plan/properties/{user.json()['id']}",
+        json={"item_type": "hotel"},
+        headers=admin_headers,
+    )
+    assert not_item.status_code == 422
+    assert not_item.json()["detail"] == "item_type: only item properties have an item type"
+    missing = client.post(
+        "/api/plan/events/nope/properties",
+        json={"name": "a", "type": "string"},
+        headers=admin_headers,
+    )
+    assert missing.status_code == 404
+    assert missing.json()["detail"] == "no event type 'nope' in the tracking plan"
 
-@pytest.mark.parametrize(
-    ("body", "field", "words"),
-    [
-        ({"name": "View Product"}, "name", "pattern"),
-        ({"name": "x", "kind": "robot"}, "kind", "user"),
-        ({"name": "x", "properties": [{"name": "p", "type": "money"}]}, "type", "string"),
-        (
-            {"name": "x", "properties": [{"name": "p", "type": "number", "min": 5, "max": 1}]},
-            "max",
-            "less than min",
-        ),
-        (
-            {
-                "name": "x",
-                "properties": [{"name": "p", "type": "integer", "allowed_values": [1, "a"]}],
-            },
-            "allowed_values",
-            "not of type 'integer'",
-        ),
-        (
-            {"name": "x", "properties": [{"name": "p", "type": "string", "min": 1}]},
-            "min",
-            "integer and number",
-        ),
-        (
-            {
-                "name": "x",
-                "properties": [{"name": "p", "type": "string"}, {"name": "p", "type": "string"}],
-            },
-            "properties",
-            "declared twice",
-        ),
-    ],
-)
-def test_invalid_bodies_name_the_field(client, admin_headers, body, field, words):
-    response = client.post("/api/plan/events", json=body, headers=admin_headers)
-    assert response.status_code == 422
-    errors = response.json()["detail"]
-    assert any(field in [str(x) for x in e["loc"]] and words in e["msg"] for e in errors), errors
+
+INVALID_BODIES = [
+    ({"name": "View Product"}, "name", "pattern"),
+    ({"name": "x", "kind": "robot"}, "kind", "user"),
+    ({"name": "x", "properties": [{"name": "p", "type": "money"}]}, "type", "string"),
+    (
+        {"name": "x", "properties": [{"name": "p", "type": "number", "min": 5, "max": 1}]},
+        "max",
+        "less than min",
+    ),
+    (
+        {
+            "name": "x",
+            "properties": [{"name": "p", "type": "integer", "allowed_values": [1, "a"]}],
+        },
+        "allowed_values",
+        "not of type 'integer'",
+    ),
+    (
+        {"name": "x", "properties": [{"name": "p", "type": "string", "min": 1}]},
+        "min",
+        "integer and number",
+    ),
+    (
+        {
+            "name": "x",
+            "properties": [{"name": "p", "type": "string"}, {"name": "p", "type": "string"}],
+        },
+        "properties",
+        "declared twice",
+    ),
+]
+
+
+def test_invalid_bodies_name_the_field(client, admin_headers):
+    for body, field, words in INVALID_BODIES:
+        response = client.post("/api/plan/events", json=body, headers=admin_headers)
+        assert response.status_code == 422, body
+        errors = response.json()["detail"]
+        assert any(field in [str(x) for x in e["loc"]] and words in e["msg"] for e in errors), (
+            errors
+        )
 
 
 def test_patch_is_validated_as_a_whole(client, admin_headers):

@@ -6,14 +6,27 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from rapport import catalog
+from rapport.catalog import cache
+from rapport.settings import load_settings
+from rapport.workspace import Workspace
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "tracking-plan.yaml"
+
+
+@pytest.fixture(scope="module")
+def shared_workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
+    """One workspace for tests whose imports fail (and so write nothing)."""
+    ws = Workspace(load_settings(home=tmp_path_factory.mktemp("yaml") / "home"))
+    ws.init()
+    yield ws
+    ws.close()
 
 
 def test_example_plan_round_trips(workspace):
@@ -83,6 +96,16 @@ def test_merge_keeps_and_replace_deletes(workspace):
     assert plan.events[0].properties[0].required is False
 
 
+def test_merge_never_flips_a_system_event_by_omission(workspace):
+    catalog.import_plan(workspace.db, "events:\n  payment_failed:\n    kind: system\n")
+    catalog.import_plan(
+        workspace.db, "events:\n  payment_failed:\n    properties:\n      order_id: string\n"
+    )
+    assert catalog.current_plan(workspace.db).event_kind("payment_failed") == "system"
+    catalog.import_plan(workspace.db, "events:\n  payment_failed: {}\n", replace=True)
+    assert catalog.current_plan(workspace.db).event_kind("payment_failed") == "user"
+
+
 @pytest.mark.parametrize(
     ("text", "error"),
     [
@@ -142,9 +165,9 @@ def test_merge_keeps_and_replace_deletes(workspace):
         ),
     ],
 )
-def test_errors_name_the_yaml_path(workspace, text, error):
+def test_errors_name_the_yaml_path(shared_workspace, text, error):
     with pytest.raises(catalog.PlanImportError) as caught:
-        catalog.import_plan(workspace.db, text)
+        catalog.import_plan(shared_workspace.db, text)
     assert caught.value.errors == [error]
 
 
@@ -175,16 +198,20 @@ def test_type_clash_with_the_existing_plan_on_merge(workspace):
     assert catalog.current_plan(workspace.db).declared_event_properties() == {"price": "integer"}
 
 
-def test_cli_import_in_a_real_process(tmp_path):
+def test_cli_import_in_another_process_reaches_the_cached_plan(workspace, monkeypatch):
+    before = catalog.current_plan(workspace.db)
+    assert before.event_names() == []
     imported = subprocess.run(
         [sys.executable, "-m", "rapport", "plan", "import", str(EXAMPLE), "--json"],
-        env={**os.environ, "RAPPORT_HOME": str(tmp_path / "home")},
+        env={**os.environ, "RAPPORT_HOME": str(workspace.settings.home)},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout)["events_created"] == 10
+    monkeypatch.setattr(cache, "RECHECK_S", 0.0)  # instead of waiting for the next second
+    assert catalog.current_plan(workspace.db).event_kind("payment_failed") == "system"
 
 
 @pytest.fixture

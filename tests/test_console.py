@@ -90,8 +90,12 @@ def test_login_is_not_an_open_redirect(client, workspace):
     token = csrf_of(client.get("/login").text)
     response = client.post(
         "/login",
-        data={"username": "ana", "password": PASSWORD, "csrf_token": token,
-              "next": "//evil.example/"},
+        data={
+            "username": "ana",
+            "password": PASSWORD,
+            "csrf_token": token,
+            "next": "//evil.example/",
+        },
         follow_redirects=False,
     )
     assert response.headers["location"] == "/"
@@ -114,8 +118,14 @@ def test_admin_edits_the_plan_through_the_console(client, workspace):
     assert client.post("/plan/events", data={"name": "view_product"}, headers=hx).is_success
     added = client.post(
         "/plan/properties",
-        data={"scope": "event", "event": "view_product", "name": "price", "type": "number",
-              "min": "0", "required": "on"},
+        data={
+            "scope": "event",
+            "event": "view_product",
+            "name": "price",
+            "type": "number",
+            "min": "0",
+            "required": "on",
+        },
         headers=hx,
     )
     assert added.status_code == 200 and "price" in added.text
@@ -128,8 +138,13 @@ def test_admin_edits_the_plan_through_the_console(client, workspace):
     assert bad.status_code == 422 and bad.json()["detail"].startswith("name:")
     item = client.post(
         "/plan/properties",
-        data={"scope": "item", "item_type": "product", "name": "category", "type": "string",
-              "allowed_values": "fridge, tv"},
+        data={
+            "scope": "item",
+            "item_type": "product",
+            "name": "category",
+            "type": "string",
+            "allowed_values": "fridge, tv",
+        },
         headers=hx,
     )
     assert item.status_code == 200
@@ -182,8 +197,12 @@ def test_admin_manages_users_page_and_api(client, workspace, admin_headers):
     patched = client.patch("/api/users/王芳", json={"disabled": True}, headers=admin_headers)
     assert patched.json()["disabled"] is True
     assert sign_in(client, "王芳", "pass-word-1").status_code == 401
-    assert client.post("/api/users", json={"username": "admin", "password": "12345678"},
-                       headers=admin_headers).status_code == 409
+    assert (
+        client.post(
+            "/api/users", json={"username": "admin", "password": "12345678"}, headers=admin_headers
+        ).status_code
+        == 409
+    )
     # nobody can remove the last enabled admin
     for name in ("admin", "admin_user"):
         client.patch(f"/api/users/{name}", json={"role": "viewer"}, headers=admin_headers)
@@ -192,8 +211,17 @@ def test_admin_manages_users_page_and_api(client, workspace, admin_headers):
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/plan", "/sources", "/events", "/quarantine", "/users",
-             "/events?event=x&from=2024-01-01T00:00", "/quarantine?status=all"]
+    "path",
+    [
+        "/",
+        "/plan",
+        "/sources",
+        "/events",
+        "/quarantine",
+        "/users",
+        "/events?event=x&from=2024-01-01T00:00",
+        "/quarantine?status=all",
+    ],
 )
 def test_every_page_renders(client, workspace, path):
     as_role(client, workspace, Role.admin)
@@ -205,7 +233,8 @@ def test_every_page_renders(client, workspace, path):
 def test_source_pages(client, workspace):
     token = as_role(client, workspace, Role.admin)
     created = client.post(
-        "/sources", data={"name": "web", "kind": "client", "validation_mode": "strict"},
+        "/sources",
+        data={"name": "web", "kind": "client", "validation_mode": "strict"},
         headers={"X-CSRF-Token": token},
     )
     assert created.status_code == 200
@@ -226,3 +255,36 @@ def test_vendor_assets_are_served_from_node_modules(client):
     assert client.get("/static/console.css").status_code == 200
     assert client.get("/static/vendor/tslib.js").status_code == 404
     assert client.get("/static/../app.py").status_code == 404
+
+
+def test_source_detail_draws_the_quality_report(client, workspace, tmp_path):
+    from rapport.ingest.importer import ImportSpec, run_import
+    from rapport.ingest.sources import create_source
+
+    create_source(workspace.db, "crm")
+    members = tmp_path / "members.csv"
+    members.write_text(
+        "member_id,mobile,city\nm1,13800138000,上海\nm2,not-a-phone,北京\nm3,13900139000,\n",
+        encoding="utf-8",
+    )
+    spec = ImportSpec.model_validate(
+        {
+            "source": "crm",
+            "uri": str(members),
+            "mapping": {
+                "target": "profiles",
+                "identifiers": {"member_id": "member_id", "mobile": "mobile"},
+                "properties": {"city": "city"},
+            },
+        }
+    )
+    run_import(workspace, spec)
+    as_role(client, workspace, Role.viewer)
+    page = client.get("/sources/crm")
+    assert page.status_code == 200
+    assert 'id="fill-rate"' in page.text and 'id="problems"' in page.text
+    # the invalid mobile is quarantined; of the 2 members kept, 1 has a city
+    assert "city" in page.text and "50.0%" in page.text
+    assert "#1" in page.text  # the import run is listed
+    overview = client.get("/")
+    assert "crm" in overview.text  # last import runs

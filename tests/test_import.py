@@ -97,7 +97,10 @@ def test_replay_after_fixing_the_mapping_loads_the_rows(workspace, members_csv):
     run_import(workspace, _members(members_csv))
     entries = quarantine.list_entries(workspace.db, source="member_db", reason="invalid_mobile")
     # the mobile column actually holds extensions: declare it as a custom identifier
-    fixed = {**MEMBER_MAPPING, "identifiers": {**MEMBER_MAPPING["identifiers"], "mobile": "custom:phone"}}
+    fixed = {
+        **MEMBER_MAPPING,
+        "identifiers": {**MEMBER_MAPPING["identifiers"], "mobile": "custom:phone"},
+    }
     run_import(workspace, ImportSpec(source="member_db", uri=str(members_csv), mapping=fixed))
     summary = replay_rows(workspace, entries)
     assert summary["replayed"] == 1 and summary["still_failing"] == 0
@@ -188,7 +191,9 @@ def test_items_from_csv(workspace, tmp_path):
     assert items["BCD-520"]["properties"] == {"category": "fridge", "price": 6999}
 
 
-def test_quality_report_fill_rates_duplicates_and_cross_source_conflicts(workspace, tmp_path, members_csv):
+def test_quality_report_fill_rates_duplicates_and_cross_source_conflicts(
+    workspace, tmp_path, members_csv
+):
     run_import(workspace, _members(members_csv))
     crm = tmp_path / "crm.csv"
     crm.write_text(
@@ -227,6 +232,11 @@ def test_mapping_errors_name_the_path(tmp_path, workspace, members_csv):
     bad = tmp_path / "m.yaml"
     bad.write_text("target: profiles\nidentifiers: {mobile: mobile}\nproperties: [nme]\n")
     with pytest.raises(ImportFailed, match=r"properties.nme: column 'nme' not found"):
-        run_import(workspace, ImportSpec(source="s", uri=str(members_csv), mapping=load_mapping(bad)))
+        run_import(
+            workspace, ImportSpec(source="s", uri=str(members_csv), mapping=load_mapping(bad))
+        )
     with pytest.raises(ImportFailed, match="no such file"):
-        run_import(workspace, ImportSpec(source="s", uri=str(tmp_path / "nope.csv"), mapping=load_mapping(bad)))
+        run_import(
+            workspace,
+            ImportSpec(source="s", uri=str(tmp_path / "nope.csv"), mapping=load_mapping(bad)),
+        )

@@ -13,8 +13,15 @@ from rapport.ingest.normalize import InvalidValue
 
 @pytest.mark.parametrize(
     "raw",
-    ["13800138000", "138 0013 8000", "+86-13800138000", "8613800138000", "0086 138-0013-8000",
-     "(138) 0013 8000", "138\u30000013\u30008000"],
+    [
+        "13800138000",
+        "138 0013 8000",
+        "+86-13800138000",
+        "8613800138000",
+        "0086 138-0013-8000",
+        "(138) 0013 8000",
+        "138\u30000013\u30008000",
+    ],
 )
 def test_chinese_mobiles_in_every_format_become_one_e164(raw):
     assert normalize.normalize_identifier("mobile", raw) == "+8613800138000"
@@ -36,7 +43,9 @@ def test_invalid_mobiles_are_refused_with_a_reason(raw):
 def _samples() -> list[str]:
     rng = random.Random(7)
     prefixes = ["", "86", "+86"]
-    return [rng.choice(prefixes) + "1" + "".join(rng.choices("0123456789", k=10)) for _ in range(3000)]
+    return [
+        rng.choice(prefixes) + "1" + "".join(rng.choices("0123456789", k=10)) for _ in range(3000)
+    ]
 
 
 def test_fast_path_agrees_with_phonenumbers():

@@ -23,24 +23,24 @@ RUNS = int(os.environ.get("RUNS", "3"))
 
 
 def generate(path: Path, rows: int) -> None:
-    """Orders from 1M customers; mobiles in messy formats, ~1% invalid, ~20% missing."""
+    """Orders of 1M customers; mobiles in messy formats, ~1% invalid, ~20% missing."""
     duckdb.sql(
         f"""
         COPY (
           SELECT
             'o' || i AS order_id,
-            'c' || (i % 1000000) AS customer_id,
-            CASE
-              WHEN i % 5 = 0 THEN NULL
-              WHEN i % 101 = 0 THEN '12345'
-              WHEN i % 3 = 0 THEN '+86-138' || lpad(CAST(i % 100000000 AS VARCHAR), 8, '0')
-              WHEN i % 3 = 1 THEN '139 ' || lpad(CAST(i % 100000000 AS VARCHAR), 8, '0')
-              ELSE '86137' || lpad(CAST(i % 100000000 AS VARCHAR), 8, '0')
+            'c' || c AS customer_id,
+            CASE  -- one mobile per customer, in the format of that customer's system
+              WHEN c % 5 = 0 THEN NULL
+              WHEN c % 101 = 0 THEN '12345'
+              WHEN c % 3 = 0 THEN '+86-138' || lpad(CAST(c AS VARCHAR), 8, '0')
+              WHEN c % 3 = 1 THEN '139 ' || lpad(CAST(c AS VARCHAR), 8, '0')
+              ELSE '86137' || lpad(CAST(c AS VARCHAR), 8, '0')
             END AS mobile,
             round(10 + (i * 7919 % 100000) / 10.0, 2) AS amount,
             ['fridge', 'washer', 'tv', 'aircon', 'hotel'][1 + i % 5] AS category,
             TIMESTAMP '2024-01-01' + to_seconds(i * 3) AS created_at
-          FROM range({rows}) t(i)
+          FROM (SELECT i, i % 1000000 AS c FROM range({rows}) t(i))
         ) TO '{path}' (FORMAT parquet)
         """
     )

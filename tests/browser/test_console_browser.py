@@ -102,8 +102,16 @@ def test_operator_journey(server, page):
     caught = httpx.post(  # through /v1/batch, as the Segment libraries send
         f"{server.url}/v1/batch",
         auth=(key, ""),
-        json={"batch": [{"type": "track", "userId": "u-1001", "event": "add_to_cart",
-                         "properties": {"sku": "BCD-520"}}]},
+        json={
+            "batch": [
+                {
+                    "type": "track",
+                    "userId": "u-1001",
+                    "event": "add_to_cart",
+                    "properties": {"sku": "BCD-520"},
+                }
+            ]
+        },
     )
     assert caught.status_code == 200, caught.text
     page.click("nav >> text=Quarantine")

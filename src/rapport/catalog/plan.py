@@ -69,6 +69,7 @@ def invalid_from(exc: ValidationError) -> Invalid:
 def writing(
     engine: Engine, actor: str, action: str, target: str, **detail: Any
 ) -> Iterator[Connection]:
+    """One write: plan-wide checks before the commit, then the cache dropped and the audit."""
     with engine.begin() as conn:
         yield conn
         check_event_property_types(conn)

@@ -55,7 +55,17 @@ _ARTICLE = {
 class _Rule:
     """One compiled property: accepted Python types, then optional allowed set and range."""
 
-    __slots__ = ("name", "data_type", "types", "is_datetime", "allowed", "low", "high", "fast")
+    __slots__ = (
+        "name",
+        "data_type",
+        "types",
+        "is_datetime",
+        "allowed",
+        "low",
+        "high",
+        "fast",
+        "allowed_text",
+    )
 
     def __init__(self, prop: PropertyOut) -> None:
         self.name = prop.name
@@ -63,6 +73,7 @@ class _Rule:
         self.types = _TYPES[self.data_type]
         self.is_datetime = self.data_type is DataType.datetime
         self.allowed = frozenset(prop.allowed_values) if prop.allowed_values else None
+        self.allowed_text = ", ".join(repr(v) for v in prop.allowed_values or ())
         self.low = prop.min
         self.high = prop.max
         plain = not (self.is_datetime or self.allowed) and self.low is None and self.high is None
@@ -137,9 +148,12 @@ def _check(
             )
             continue
         if rule.allowed is not None and value not in rule.allowed:
-            allowed = ", ".join(repr(v) for v in sorted(rule.allowed, key=str))
             out.append(
-                Violation(OTHER, _path(prefix, key), f"'{key}' is {value!r}, not one of: {allowed}")
+                Violation(
+                    OTHER,
+                    _path(prefix, key),
+                    f"'{key}' is {value!r}, not one of: {rule.allowed_text}",
+                )
             )
         elif rule.low is not None and value < rule.low:
             out.append(

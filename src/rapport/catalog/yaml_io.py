@@ -147,7 +147,8 @@ Key = tuple[str, str | None, str | None, str]  # (scope, event, item_type, name)
 
 @dataclass
 class _Parsed:
-    events: dict[str, tuple[EventKind, str]] = field(default_factory=dict)
+    #: event -> (kind, description); None where the file leaves it out
+    events: dict[str, tuple[EventKind | None, str | None]] = field(default_factory=dict)
     props: dict[Key, PropertyBody] = field(default_factory=dict)
     paths: dict[Key, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
@@ -289,7 +290,10 @@ class _Reader:
                 else:
                     self.error(f"{path}.{loc}", str(err["msg"]))
             return
-        self.parsed.events[name] = (body.kind, body.description)
+        self.parsed.events[name] = (
+            body.kind if "kind" in entry else None,
+            body.description if "description" in entry else None,
+        )
         props_path = f"{path}.properties"
         for prop_name, value in self.mapping(
             entry.get("properties"), props_path, "a section"
@@ -371,8 +375,8 @@ def import_plan(
                 events[name] = conn.execute(
                     event_types.insert().values(
                         name=name,
-                        kind=kind.value,
-                        description=description,
+                        kind=(kind or EventKind.user).value,
+                        description=description or "",
                         created_at=now,
                         updated_at=now,
                     )
@@ -380,13 +384,19 @@ def import_plan(
                 summary.events_created += 1
                 continue
             row = conn.execute(select(event_types).where(event_types.c.name == name)).one()
-            if (row.kind, row.description or "") == (kind.value, description):
+            # Left out: a merge keeps what is there (never turns a system event into a user
+            # event by omission); a replace means the defaults.
+            new_kind = kind.value if kind else (EventKind.user.value if replace else row.kind)
+            new_description = (
+                description if description is not None else ("" if replace else row.description)
+            )
+            if (row.kind, row.description or "") == (new_kind, new_description or ""):
                 summary.events_unchanged += 1
                 continue
             conn.execute(
                 update(event_types)
                 .where(event_types.c.id == row.id)
-                .values(kind=kind.value, description=description, updated_at=now)
+                .values(kind=new_kind, description=new_description or "", updated_at=now)
             )
             summary.events_updated += 1
         for key, body in parsed.props.items():

@@ -106,11 +106,12 @@ class _Tracker:
         self.chunk.record(source, mid, self.p.pid)
         self.emitted += 1
 
-    def session(
-        self, t: float, platform: str, device: str, user_id: str | None, plan: list[tuple]
-    ) -> None:
-        """Send the steps of one visit, a few seconds to minutes apart, starting at ``t``."""
-        rng = self.rng
+    def session(self, t: float, platform: str, device: str, plan: list[tuple]) -> None:
+        """Send the steps of one visit, a few seconds to minutes apart, starting at ``t``.
+
+        Anonymous until a ``login`` step; every later message carries that user id.
+        """
+        rng, user_id = self.rng, None
         if platform == "app":
             os_name = "android" if device[0] < "8" else "ios"
             context: dict[str, Any] = {
@@ -321,7 +322,7 @@ class PersonRecords:
             traits = {"mobile": mess.mobile_variant(rng, self.p.mobile)}
             plan.append(("identify", None, traits, None))
         device = self._device(platform)
-        self.tracker.session(paid - rng.uniform(120, 900), platform, device, None, plan)
+        self.tracker.session(paid - rng.uniform(120, 900), platform, device, plan)
 
     def _browse_sessions(self, window: float) -> None:
         rng, p = self.rng, self.p
@@ -356,7 +357,7 @@ class PersonRecords:
                 plan.append(_view(rng, product, keen, platform))
                 if rng.random() < 0.12:
                     plan.append(_cart(product, platform))
-            self.tracker.session(t, platform, self._device(platform), None, plan)
+            self.tracker.session(t, platform, self._device(platform), plan)
 
     def tickets(self) -> None:
         rng, p = self.rng, self.p

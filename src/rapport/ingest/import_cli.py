@@ -78,6 +78,14 @@ def _mapping(path: str) -> Any:
         raise typer.Exit(1) from None
 
 
+def _spec(**fields: Any) -> ImportSpec:
+    try:
+        return importer.parse_spec(fields)
+    except MappingError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
 @cli.command("file")
 def import_file(
     path: str = typer.Argument(..., help="CSV, JSON Lines or Parquet file."),
@@ -89,7 +97,7 @@ def import_file(
     as_json: bool = typer.Option(False, "--json", help="Print the run as JSON."),
 ) -> None:
     """Import a file."""
-    spec = ImportSpec(
+    spec = _spec(
         name=name,
         source=source,
         uri=path,
@@ -115,7 +123,7 @@ def import_sql(
     if (table is None) == (query is None):
         err.print("[red]error:[/red] give exactly one of --table or --query")
         raise typer.Exit(2)
-    spec = ImportSpec(
+    spec = _spec(
         name=name,
         source=source,
         uri=url,

@@ -370,9 +370,22 @@ def _is_text(column: ir.Value) -> bool:
     return column.type().is_string()
 
 
+@ibis.udf.scalar.builtin
+def trim(value: str) -> str:  # type: ignore[empty-body]
+    """DuckDB's one-argument TRIM (spaces): ~3x faster than Ibis' all-whitespace ``strip``."""
+
+
 def _clean_text(column: ir.Value) -> ir.StringValue:
-    text = column.cast("string").strip()
-    return text.nullif("")
+    text = column if column.type().is_string() else column.cast("string")
+    return trim(text).nullif("")
+
+
+#: identifier types that need Python (phonenumbers, email-validator, a checksum)
+_PYTHON_NORMALISED = {
+    normalize.IdentifierType.mobile,
+    normalize.IdentifierType.email,
+    normalize.IdentifierType.id_card,
+}
 
 
 def _to_time(column: ir.Value) -> ir.TimestampValue:
@@ -477,17 +490,11 @@ class _Pipeline:
         mapping = self.mapping
         values: dict[str, ir.Value] = {ROW: raw[ROW]}
         for i, (column, id_type) in enumerate(mapping.identifiers.items()):
-            text = _clean_text(raw[column])
-            values[f"__t{i}"] = text
-            if id_type == normalize.IdentifierType.mobile:
-                fast = text.re_replace(normalize.PHONE_SEPARATORS_SQL, "").re_extract(
-                    normalize.CN_MOBILE_FAST, 1
-                )
-                values[f"__f{i}"] = fast.nullif("")
-            elif id_type in (normalize.IdentifierType.email, normalize.IdentifierType.id_card):
-                values[f"__f{i}"] = ibis.null("string")
+            if id_type in _PYTHON_NORMALISED:  # as read: the lookup of distinct values cleans
+                value = raw[column]
+                values[f"__t{i}"] = value if value.type().is_string() else value.cast("string")
             else:
-                values[f"__f{i}"] = text  # only trimmed
+                values[f"__t{i}"] = _clean_text(raw[column])
         for j, column in enumerate(mapping.properties):
             value = raw[column]
             values[f"__p{j}"] = _clean_text(value) if _is_text(value) else value
@@ -546,16 +553,16 @@ class _Pipeline:
                 values[f"__typed{j}"] = typed
 
     def _join_normalised(self, table: ir.Table) -> ir.Table:
-        """Normalise in Python the distinct values SQL could not settle, and join them back."""
+        """Normalise each DISTINCT value once in Python and join the results back.
+
+        Orders repeat their customer's mobile many times: normalising distinct values costs
+        a fraction of a per-row pass, and a hash join puts them back.
+        """
         for i, (_column, id_type) in enumerate(self.mapping.identifiers.items()):
-            if id_type not in (
-                normalize.IdentifierType.mobile,
-                normalize.IdentifierType.email,
-                normalize.IdentifierType.id_card,
-            ):
+            if id_type not in _PYTHON_NORMALISED:
                 continue
-            text, fast = table[f"__t{i}"], table[f"__f{i}"]
-            pending = table.filter(text.notnull() & fast.isnull()).select(v=text).distinct()
+            text = table[f"__t{i}"]
+            pending = table.filter(text.notnull()).select(v=text).distinct()
             raw_values = pending.to_pyarrow()["v"].to_pylist()
             norms: list[str | None] = []
             errors: list[str | None] = []
@@ -577,12 +584,9 @@ class _Pipeline:
         """Final identifier values, the record key, and ``__problem``: why a row is refused."""
         mapping = self.mapping
         finals: dict[str, ir.Value] = {}
-        for i, (column, id_type) in enumerate(mapping.identifiers.items()):
-            fast = table[f"__f{i}"]
+        for i, column in enumerate(mapping.identifiers):
             if f"__n{i}" in table.columns:
-                if id_type == normalize.IdentifierType.mobile:
-                    fast = "+86" + fast  # NULL stays NULL
-                finals[f"__id{i}"] = fast.coalesce(table[f"__n{i}"])
+                finals[f"__id{i}"] = table[f"__n{i}"]
                 self.checks.append(
                     _Check(
                         reason="invalid_identifier",
@@ -592,7 +596,7 @@ class _Pipeline:
                     )
                 )
             else:
-                finals[f"__id{i}"] = fast
+                finals[f"__id{i}"] = table[f"__t{i}"]
         table = table.mutate(**finals)
         key = self._record_key(table)
         if key is not None:
@@ -728,12 +732,16 @@ class _Pipeline:
         return problems
 
     # -- loading ---------------------------------------------------------------------------
-    def _identifiers_json(self, table: ir.Table) -> ir.Value:
+    def _identifiers_struct(self, table: ir.Table) -> ir.StructValue | None:
         ids = {
             identifier_name(id_type): table[f"__id{i}"]
             for i, id_type in enumerate(self.mapping.identifiers.values())
         }
-        return ibis.struct(ids).cast("json") if ids else ibis.literal("{}").cast("json")
+        return ibis.struct(ids) if ids else None
+
+    def _identifiers_json(self, table: ir.Table) -> ir.Value:
+        ids = self._identifiers_struct(table)
+        return ids.cast("json") if ids is not None else ibis.literal("{}").cast("json")
 
     def _properties_json(self, table: ir.Table, typed: bool = False) -> ir.Value:
         props = {}
@@ -783,7 +791,7 @@ class _Pipeline:
             import_run_id=ibis.literal(self.run_id, "int64"),
             person_key=ibis.null("int64"),
             properties=self._properties_json(new, typed=True),
-            context=ibis.struct({"identifiers": self._identifiers_json(new)}).cast("json"),
+            context=self._context(new),
             **typed,
         ).order_by(["day", "ts"])
         with self.ws.warehouse.transaction(con):
@@ -791,6 +799,13 @@ class _Pipeline:
         events = con.table("events")
         loaded = events.filter(events.import_run_id == self.run_id).count()
         return int(loaded.to_pyarrow().as_py())
+
+    def _context(self, table: ir.Table) -> ir.Value:
+        """``{"identifiers": {...}}``, cast to JSON once (nested casts cost twice)."""
+        ids = self._identifiers_struct(table)
+        if ids is None:
+            return ibis.literal('{"identifiers": {}}').cast("json")
+        return ibis.struct({"identifiers": ids}).cast("json")
 
     def _upsert(self, table_name: str, key: str, rows: ir.Table) -> int:
         """Insert new records, replace changed ones, leave identical ones alone."""
@@ -853,7 +868,7 @@ class _Pipeline:
         """Per field: fill rate, invalid values, distinct values and duplicates."""
         fields: dict[str, tuple[str, str]] = {}
         for i, (column, id_type) in enumerate(self.mapping.identifiers.items()):
-            fields[column] = (f"__t{i}", f"identifier:{identifier_name(id_type)}")
+            fields[column] = (f"__id{i}", f"identifier:{identifier_name(id_type)}")
         for j, column in enumerate(self.mapping.properties):
             fields.setdefault(column, (f"__p{j}", "property"))
         total = result.rows_read

@@ -7,6 +7,7 @@ pydantic model per event would cost tens (DESIGN.md, "Semantics learned from the
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -65,9 +66,24 @@ def decode_body(body: bytes) -> Any:
         ) from None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_SECONDS: dict[int, str] = {}
+
+
 def iso(ts: datetime) -> str:
-    """ISO-8601 in UTC with milliseconds and a ``Z``: sorts as text, parses everywhere."""
-    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO-8601 in UTC with milliseconds and a ``Z``: sorts as text, parses everywhere.
+
+    Twice as fast as ``isoformat`` (a profile showed it at a third of the hot path): the
+    events of a batch share their seconds, so the formatted second is cached.
+    """
+    seconds, micros = divmod((ts - _EPOCH) // _MICROSECOND, 1_000_000)
+    prefix = _SECONDS.get(seconds)
+    if prefix is None:
+        if len(_SECONDS) > 100_000:
+            _SECONDS.clear()
+        prefix = _SECONDS[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{prefix}.{micros // 1000:03d}Z"
 
 
 def parse_time(value: Any) -> datetime | None:

@@ -45,8 +45,8 @@ PHONE_SEPARATORS_SQL = r"[\s\-().\x{3000}]"
 #: set-based fast path (a regular expression run inside DuckDB) accepts exactly the numbers
 #: ``phonenumbers`` calls valid CN mobiles; everything else takes the slow path below.
 _cn_mobile = PhoneMetadata.metadata_for_region("CN")
-assert _cn_mobile is not None and _cn_mobile.mobile.national_number_pattern
-CN_MOBILE_NATIONAL = _cn_mobile.mobile.national_number_pattern
+assert _cn_mobile is not None and _cn_mobile.mobile is not None
+CN_MOBILE_NATIONAL = str(_cn_mobile.mobile.national_number_pattern)
 #: A cleaned value (separators removed) that is a CN mobile, with an optional country code.
 CN_MOBILE_FAST = rf"^(?:\+86|0086|86)?({CN_MOBILE_NATIONAL})$"
 _CN_MOBILE_FAST_RE = re.compile(CN_MOBILE_FAST)

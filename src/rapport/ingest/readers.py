@@ -89,7 +89,7 @@ def sql_statement(
         source: Any = sa.table(name, schema=schema or None)
     else:
         source = sa.text(f"({query}) rapport_src")  # no AS: Oracle refuses it
-    stmt = sa.select(sa.literal_column("*")).select_from(source)
+    stmt: sa.Select[Any] = sa.select(sa.literal_column("*")).select_from(source)
     if watermark is not None:
         column, last = watermark
         quoted = engine.dialect.identifier_preparer.quote(column)

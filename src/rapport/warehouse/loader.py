@@ -75,9 +75,7 @@ def coerce(value: Any, kind: str) -> Any:
     return None
 
 
-def records_to_arrow(
-    records: Sequence[tuple[int, Any]], prop_types: dict[str, str]
-) -> pa.Table:
+def records_to_arrow(records: Sequence[tuple[int, Any]], prop_types: dict[str, str]) -> pa.Table:
     """Columns of the ``events`` layout (plus typed property columns) from log records."""
     cols: dict[str, list[Any]] = {name: [] for name in layout.EVENTS.names}
     typed: dict[str, list[Any]] = {name: [] for name in prop_types}

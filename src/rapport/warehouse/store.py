@@ -184,8 +184,14 @@ class Warehouse:
 
         with self.connect() as con:
             return event_rows(
-                con, event=event, source=source, type=type, since=since, until=until,
-                limit=limit, offset=offset,
+                con,
+                event=event,
+                source=source,
+                type=type,
+                since=since,
+                until=until,
+                limit=limit,
+                offset=offset,
             )
 
     def count_events(
@@ -201,13 +207,21 @@ class Warehouse:
 
         with self.connect() as con:
             expr = filter_events(
-                con.table("events"), event=event, source=source, type=type, since=since,
+                con.table("events"),
+                event=event,
+                source=source,
+                type=type,
+                since=since,
                 until=until,
             )
             return int(expr.count().to_pyarrow().as_py())
 
     def profile_slices(
-        self, *, source: str | None = None, record_key: str | None = None, limit: int = 100,
+        self,
+        *,
+        source: str | None = None,
+        record_key: str | None = None,
+        limit: int = 100,
         offset: int = 0,
     ) -> list[dict[str, Any]]:
         """What each source said about a person record, newest first."""
@@ -217,7 +231,11 @@ class Warehouse:
             return rows(slice_rows(con, source=source, record_key=record_key), limit, offset)
 
     def items(
-        self, *, item_type: str | None = None, source: str | None = None, limit: int = 100,
+        self,
+        *,
+        item_type: str | None = None,
+        source: str | None = None,
+        limit: int = 100,
         offset: int = 0,
     ) -> list[dict[str, Any]]:
         from rapport.warehouse.queries import item_rows, rows

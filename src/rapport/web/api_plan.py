@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
@@ -24,6 +26,7 @@ from rapport.web.auth import Principal, require
 router = APIRouter(prefix="/api/plan", tags=["tracking plan"])
 admin = require(Role.admin)
 YAML = "application/yaml"
+PropId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The property's id.")]
 
 
 def _http(exc: catalog.PlanError) -> HTTPException:
@@ -128,7 +131,9 @@ def add_item_property(
 
 
 @router.get("/properties/{prop_id}")
-def get_property(prop_id: int, request: Request, _: Principal = Depends(require())) -> PropertyOut:
+def get_property(
+    prop_id: PropId, request: Request, _: Principal = Depends(require())
+) -> PropertyOut:
     try:
         return catalog.get_property(_db(request), prop_id)
     except catalog.PlanError as exc:
@@ -137,7 +142,7 @@ def get_property(prop_id: int, request: Request, _: Principal = Depends(require(
 
 @router.patch("/properties/{prop_id}")
 def update_property(
-    prop_id: int, body: PropertyPatch, request: Request, who: Principal = Depends(admin)
+    prop_id: PropId, body: PropertyPatch, request: Request, who: Principal = Depends(admin)
 ) -> PropertyOut:
     try:
         return catalog.update_property(_db(request), prop_id, body, actor=who.name)
@@ -146,7 +151,7 @@ def update_property(
 
 
 @router.delete("/properties/{prop_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_property(prop_id: int, request: Request, who: Principal = Depends(admin)) -> Response:
+def delete_property(prop_id: PropId, request: Request, who: Principal = Depends(admin)) -> Response:
     try:
         catalog.delete_property(_db(request), prop_id, actor=who.name)
     except catalog.PlanError as exc:

@@ -94,7 +94,7 @@ def events(
     until: datetime | None = None,
 ) -> tuple[list[EventRow], int]:
     """A page of stored events, newest first, and how many match in total."""
-    filters = {"event": event, "source": source, "since": since, "until": until}
+    filters: dict[str, Any] = {"event": event, "source": source, "since": since, "until": until}
     with ws.warehouse.connect(wait=WAIT_S) as con:
         found = queries.event_rows(con, limit=limit, offset=offset, **filters)
         total = int(queries.filter_events(con.table("events"), **filters).count().execute())
@@ -145,9 +145,7 @@ def events_per_hour(ws: Any, since: datetime, until: datetime) -> list[tuple[dat
     with ws.warehouse.connect(wait=WAIT_S) as con:
         table = queries.filter_events(con.table("events"), since=start, until=until)
         grouped = table.group_by(hour=table.ts.truncate("h")).aggregate(n=table.count())
-        counts = {
-            _utc(row["hour"]): int(row["n"]) for row in grouped.to_pyarrow().to_pylist()
-        }
+        counts = {_utc(row["hour"]): int(row["n"]) for row in grouped.to_pyarrow().to_pylist()}
     hours = []
     while start <= until:
         hours.append((start, counts.get(start, 0)))

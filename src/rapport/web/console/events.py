@@ -25,13 +25,15 @@ def _when(field: str, raw: str | None) -> datetime | None:
     try:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
-        raise HTTPException(422, f"{field}: {raw!r} is not a date-time (YYYY-MM-DDTHH:MM)") from None
+        raise HTTPException(
+            422, f"{field}: {raw!r} is not a date-time (YYYY-MM-DDTHH:MM)"
+        ) from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _explore(ws: Any, request: Request, pager: Pager) -> dict[str, Any]:
     params = request.query_params
-    filters = {
+    filters: dict[str, Any] = {
         "event": params.get("event") or None,
         "source": params.get("source") or None,
         "since": _when("from", params.get("from")),

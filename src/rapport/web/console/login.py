@@ -120,7 +120,9 @@ async def login(
 
 
 @router.post("/logout")
-async def logout(request: Request, csrf_token_field: str = Form("", alias="csrf_token")) -> Response:
+async def logout(
+    request: Request, csrf_token_field: str = Form("", alias="csrf_token")
+) -> Response:
     expected = csrf_token(request)
     if hmac.compare_digest(csrf_token_field, expected):
         request.session.clear()

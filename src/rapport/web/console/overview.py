@@ -38,7 +38,7 @@ def _summary(ws: Any) -> dict[str, Any]:
         "n_quarantine": n_quarantine,
         "runs": runs,
         "today": today,
-        "chart": _hour_chart(hours),
+        "hour_chart": _hour_chart(hours),
         "total_events": data.total_logged(ws),
     }
 

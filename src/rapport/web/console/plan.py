@@ -68,12 +68,18 @@ def _property_fields(form: dict[str, Any]) -> dict[str, Any]:
     data_type = str(form.get("type", "string"))
     allowed_raw = str(form.get("allowed_values", "")).strip()
     allowed = (
-        [_typed(v.strip(), data_type, "allowed_values") for v in allowed_raw.split(",") if v.strip()]
+        [
+            _typed(v.strip(), data_type, "allowed_values")
+            for v in allowed_raw.split(",")
+            if v.strip()
+        ]
         if allowed_raw
         else None
     )
     bounds = {
-        key: _typed(str(form[key]).strip(), "number", key) if str(form.get(key, "")).strip() else None
+        key: _typed(str(form[key]).strip(), "number", key)
+        if str(form.get(key, "")).strip()
+        else None
         for key in ("min", "max")
     }
     return {
@@ -146,7 +152,12 @@ async def create_event(
     )
     ws = request.app.state.ws
     return await _write(
-        request, f"Event type {body.name} created.", catalog.create_event_type, ws.db, body, who.name
+        request,
+        f"Event type {body.name} created.",
+        catalog.create_event_type,
+        ws.db,
+        body,
+        who.name,
     )
 
 
@@ -161,7 +172,13 @@ async def update_event(
     patch = _model(catalog.EventTypePatch, kind=kind, description=description.strip())
     ws = request.app.state.ws
     return await _write(
-        request, f"Event type {name} saved.", catalog.update_event_type, ws.db, name, patch, who.name
+        request,
+        f"Event type {name} saved.",
+        catalog.update_event_type,
+        ws.db,
+        name,
+        patch,
+        who.name,
     )
 
 
@@ -186,21 +203,35 @@ async def create_property(
     if scope == "user":
         body = _model(catalog.PropertyBody, **fields)
         return await _write(
-            request, f"User property {body.name} added.", catalog.add_user_property, ws.db, body,
+            request,
+            f"User property {body.name} added.",
+            catalog.add_user_property,
+            ws.db,
+            body,
             who.name,
         )
     if scope == "item":
-        item = _model(catalog.ItemPropertyBody, item_type=str(form.get("item_type", "")).strip(),
-                      **fields)
+        item = _model(
+            catalog.ItemPropertyBody, item_type=str(form.get("item_type", "")).strip(), **fields
+        )
         return await _write(
-            request, f"Item property {item.item_type}.{item.name} added.",
-            catalog.add_item_property, ws.db, item, who.name,
+            request,
+            f"Item property {item.item_type}.{item.name} added.",
+            catalog.add_item_property,
+            ws.db,
+            item,
+            who.name,
         )
     event = str(form.get("event", "")) or None
     body = _model(catalog.PropertyBody, **fields)
     return await _write(
-        request, f"Property {body.name} added to {event or 'all events'}.",
-        catalog.add_event_property, ws.db, event, body, who.name,
+        request,
+        f"Property {body.name} added to {event or 'all events'}.",
+        catalog.add_event_property,
+        ws.db,
+        event,
+        body,
+        who.name,
     )
 
 
@@ -215,7 +246,12 @@ async def update_property(
     patch = _model(catalog.PropertyPatch, **fields)
     ws = request.app.state.ws
     return await _write(
-        request, f"Property {patch.name} saved.", catalog.update_property, ws.db, prop_id, patch,
+        request,
+        f"Property {patch.name} saved.",
+        catalog.update_property,
+        ws.db,
+        prop_id,
+        patch,
         who.name,
     )
 

@@ -73,7 +73,9 @@ def _detail(ws: Any, name: str, pager: Pager) -> dict[str, Any]:
         raise HTTPException(404, f"no source named {name!r}")
     with ws.db.connect() as conn:
         where = import_runs.c.source == name
-        total = conn.execute(select(func.count()).select_from(import_runs).where(where)).scalar_one()
+        total = conn.execute(
+            select(func.count()).select_from(import_runs).where(where)
+        ).scalar_one()
         runs = (
             conn.execute(
                 select(import_runs)

@@ -15,9 +15,9 @@ from rapport.web.console.pages import page, problem, render, toast
 router = APIRouter(include_in_schema=False)
 
 
-def _table(request: Request, **extra: object) -> HTMLResponse:
+def _table(request: Request) -> HTMLResponse:
     rows = api_users.list_users(request.app.state.ws.db)
-    return render(request, "users/_table.html", users=rows, roles=list(Role), **extra)
+    return render(request, "users/_table.html", users=rows, roles=list(Role))
 
 
 @router.get("/users", response_class=HTMLResponse)
