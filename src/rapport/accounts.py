@@ -65,6 +65,15 @@ def authenticate(engine: Engine, username: str, password: str) -> dict[str, Any]
     return dict(row)
 
 
+def current_role(engine: Engine, username: str) -> Role | None:
+    """The user's role now, or None if the user is gone or disabled."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(users.c.role).where(users.c.username == username, users.c.disabled.is_(False))
+        ).first()
+    return None if row is None else Role(row.role)
+
+
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 

@@ -79,6 +79,9 @@ class Collector:
         sent_iso = iso(sent_at) if sent_at is not None else None
         for i, raw in enumerate(messages):
             where = "$" if path == "$" else f"{path}[{i}]"
+            if default_type and isinstance(raw, dict) and "type" not in raw:
+                # /v1/track implies the type: keep it so a quarantined copy can be replayed
+                raw = {"type": default_type, **raw}
             try:
                 msg, msg_flags = normalise(
                     raw,

@@ -56,7 +56,12 @@ async def current_principal(request: Request) -> Principal | None:
         expected = request.session.get("csrf", "")
         if not sent or not expected or not hmac.compare_digest(sent, expected):
             raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
-    return Principal(user["name"], Role(user["role"]), via_session=True)
+    # the cookie only names the user: a disabled user or a changed role takes effect at once
+    role = accounts.current_role(request.app.state.ws.db, user["name"])
+    if role is None:
+        request.session.clear()
+        return None
+    return Principal(user["name"], role, via_session=True)
 
 
 def require(*roles: Role) -> Callable[[Request], Coroutine[Any, Any, Principal]]:

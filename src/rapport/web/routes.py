@@ -6,22 +6,26 @@ from fastapi import FastAPI
 
 
 def mount(app: FastAPI) -> None:
-    # Each module exposes ``router`` and, if it needs start-up work, ``setup(app)``.
-    from rapport.web import health
+    """Include each module's ``router`` after calling its optional ``setup(app)``.
 
-    from rapport.web import api_events, api_quarantine, api_sources, collector
+    Order matters only for start-up hooks: the collector opens the log before the
+    warehouse loader (``api_imports``) starts tailing it.
+    """
+    from rapport.web import (
+        api_events,
+        api_imports,
+        api_plan,
+        api_quarantine,
+        api_sources,
+        api_users,
+        assets,
+        collector,
+        console,
+        health,
+    )
 
-    from rapport.web import api_users, assets, console
-
-    modules = [health]
-    modules += [assets, api_users, console]
-    modules += [collector, api_sources, api_quarantine, api_events]
-    from rapport.web import api_plan
-
-    modules += [api_plan]
-    from rapport.web import api_imports
-
-    modules += [api_imports]
+    modules = [health, assets, collector, api_sources, api_plan, api_imports]
+    modules += [api_events, api_quarantine, api_users, console]
     for module in modules:
         setup = getattr(module, "setup", None)
         if setup is not None:

@@ -7,8 +7,9 @@ from rapport.db.engine import make_engine
 from rapport.db.tables import metadata
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url")
-assert url, "sqlalchemy.url must be set"
+url: str = config.get_main_option("sqlalchemy.url") or ""
+if not url:
+    raise RuntimeError("sqlalchemy.url must be set (rapport.db.upgrade sets it)")
 
 
 def run_offline() -> None:
