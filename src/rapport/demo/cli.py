@@ -118,23 +118,17 @@ def _summary(console: Console, files: DemoFiles, report: LoadReport) -> None:
     )
     console.print(f"Tracking plan: {report.plan}")
     table = Table(title="Loaded")
-    for column in ("source", "what", "read", "loaded", "duplicate", "quarantined"):
-        text = column in ("source", "what")
-        table.add_column(column, justify="left" if text else "right", no_wrap=text)
+    table.add_column("source: data", no_wrap=True)
+    for column in ("read", "loaded", "dupes", "quarantined"):
+        table.add_column(column, justify="right", no_wrap=True)
     for name, run in report.imports.items():
-        table.add_row(
-            run.get("source", ""),
-            f"import {name}",
-            *(f"{run.get(k) or 0:,}" for k in ("rows_read", "rows_loaded", "rows_duplicate")),
-            f"{run.get('rows_quarantined') or 0:,}",
-        )
+        keys = ("rows_read", "rows_loaded", "rows_duplicate", "rows_quarantined")
+        label = f"{run.get('source', '')}: {name.removeprefix('demo:')}"
+        table.add_row(label, *(f"{run.get(k) or 0:,}" for k in keys))
     for source, tally in report.events.items():
-        read = sum(tally.values())
+        statuses = ("accepted", "duplicate", "quarantined")
         table.add_row(
-            source,
-            "tracking events",
-            f"{read:,}",
-            *(f"{tally[k]:,}" for k in ("accepted", "duplicate", "quarantined")),
+            f"{source}: events", f"{sum(tally.values()):,}", *(f"{tally[k]:,}" for k in statuses)
         )
     console.print(table)
     console.print(f"Warehouse: {report.warehouse_events:,} new events loaded.")
