@@ -186,7 +186,7 @@ def make_person(rng: random.Random, pid: int, pools: Pools, now: datetime) -> Pe
         p.n_hotel_stays = 30 + rng.randrange(10) if p.big_spender else 1 + rng.randrange(4)
     p.n_tickets = rng.choice([1, 1, 1, 2, 3]) if rng.random() < 0.15 else 0
     if p.app_devices or p.web_cookies:
-        p.n_events = min(400, max(3, int(rng.expovariate(1 / 32))))
+        p.n_events = min(300, max(3, int(rng.expovariate(1 / 12))))
     return p
 
 

@@ -5,17 +5,27 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rapport.ingest import importer
-from rapport.ingest.importer import ImportFailed, ImportSpec
 from rapport.ingest.mapping import MappingError, load_mapping
 from rapport.workspace import Workspace
+
+if TYPE_CHECKING:
+    from rapport.ingest.importer import ImportSpec
+
+
+def _importer() -> ModuleType:
+    """The importer pulls in DuckDB, Ibis and Arrow: load it only when an import runs."""
+    from rapport.ingest import importer
+
+    return importer
+
 
 cli = typer.Typer(no_args_is_help=True, help="Batch imports: files, SQL tables and queries.")
 err = Console(stderr=True)
@@ -53,8 +63,8 @@ def _run(spec: ImportSpec, as_json: bool) -> None:
     ws.init()
     try:
         with _progress(err.is_terminal and not as_json) as progress:
-            run = importer.run_import(ws, spec, progress)
-    except (ImportFailed, MappingError) as exc:
+            run = _importer().run_import(ws, spec, progress)
+    except (_importer().ImportFailed, MappingError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
     finally:
@@ -80,7 +90,7 @@ def _mapping(path: str) -> Any:
 
 def _spec(**fields: Any) -> ImportSpec:
     try:
-        return importer.parse_spec(fields)
+        return _importer().parse_spec(fields)
     except MappingError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
@@ -144,12 +154,12 @@ def run_saved(
     """Run a saved import again (incremental if it has a watermark)."""
     ws = Workspace()
     ws.init()
-    definition = importer.get_import(ws.db, name)
+    definition = _importer().get_import(ws.db, name)
     ws.close()
     if definition is None:
         err.print(f"[red]error:[/red] no saved import named {name!r}")
         raise typer.Exit(1)
-    _run(importer.spec_of(definition), as_json)
+    _run(_importer().spec_of(definition), as_json)
 
 
 @cli.command("list")
@@ -157,7 +167,7 @@ def list_imports(as_json: bool = typer.Option(False, "--json", help="Print JSON.
     """Saved import definitions."""
     ws = Workspace()
     ws.init()
-    rows = importer.list_imports(ws.db)
+    rows = _importer().list_imports(ws.db)
     ws.close()
     if as_json:
         typer.echo(json.dumps(rows, default=str))
@@ -183,7 +193,7 @@ def runs(
     """Recent import runs with their counts."""
     ws = Workspace()
     ws.init()
-    rows = importer.list_runs(ws.db, source, limit)
+    rows = _importer().list_runs(ws.db, source, limit)
     ws.close()
     if as_json:
         typer.echo(json.dumps(rows, default=str))

@@ -7,13 +7,14 @@ the two cannot load a batch twice or skip one: re-running resumes exactly where 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import ibis
-import orjson
+import ibis.expr.types as ir
 import pyarrow as pa
+from msgspec.structs import astuple
 
+from rapport.log.records import LogRecord
 from rapport.warehouse import layout
 
 if TYPE_CHECKING:
@@ -22,101 +23,61 @@ if TYPE_CHECKING:
 OFFSET_KEY = "log_offset"
 
 
-class _Record(Protocol):
-    source: str
-    message_id: str
-    type: str
-    event: str | None
-    user_id: str | None
-    anonymous_id: str | None
-    timestamp: Any
-    received_at: Any
-    payload: bytes
-
-
 class _Log(Protocol):
     def read(self, after: int, limit: int) -> Sequence[tuple[int, Any]]: ...
 
 
-def parse_time(value: Any) -> datetime | None:
-    """An aware UTC datetime from an ISO string or a datetime (naive means UTC)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        moment = value
-    else:
-        try:
-            moment = datetime.fromisoformat(str(value))
-        except ValueError:
-            return None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+def records_to_arrow(records: Sequence[tuple[int, Any]]) -> pa.Table:
+    """The log records' columns as they are: the JSON payload is parsed by DuckDB, not Python."""
+    offsets = [offset for offset, _ in records]
+    columns = list(zip(*(astuple(rec) for _, rec in records), strict=True))
+    arrays = {"log_offset": pa.array(offsets, pa.int64())}
+    for name, values in zip(LogRecord.__struct_fields__, columns, strict=True):
+        if name == "payload":
+            arrays[name] = pa.array(values, pa.binary()).cast(pa.string())
+        elif name != "flags":
+            arrays[name] = pa.array(values, pa.string())
+    return pa.table(arrays)
 
 
-def coerce(value: Any, kind: str) -> Any:
-    """A property value as its declared plan type, or None when it is not one."""
-    if value is None:
-        return None
-    if kind == "string":
-        return value if isinstance(value, str) else None
-    if kind == "boolean":
-        return value if isinstance(value, bool) else None
-    if isinstance(value, bool):
-        return None
+def _typed(value: ir.JSONValue, kind: str) -> ir.Value:
+    """A JSON value as its declared plan type, NULL when it is not one (never a failed load)."""
     if kind == "integer":
-        if isinstance(value, int):
-            return value
-        return int(value) if isinstance(value, float) and value.is_integer() else None
+        return value.unwrap_as("int64")
     if kind == "number":
-        return float(value) if isinstance(value, int | float) else None
+        return value.unwrap_as("float64")
+    if kind == "boolean":
+        return value.unwrap_as("boolean")
     if kind == "datetime":
-        return parse_time(value)
-    return None
+        return value.unwrap_as("string").try_cast(layout.TS)
+    return value.unwrap_as("string")
 
 
-def records_to_arrow(records: Sequence[tuple[int, Any]], prop_types: dict[str, str]) -> pa.Table:
-    """Columns of the ``events`` layout (plus typed property columns) from log records."""
-    cols: dict[str, list[Any]] = {name: [] for name in layout.EVENTS.names}
-    typed: dict[str, list[Any]] = {name: [] for name in prop_types}
-    for offset, rec in records:
-        message = orjson.loads(rec.payload) if rec.payload else {}
-        props = message.get("properties") or message.get("traits") or {}
-        received = parse_time(rec.received_at) or datetime.now(UTC)
-        ts = parse_time(rec.timestamp) or received
-        cols["event_id"].append(rec.message_id)
-        cols["source"].append(rec.source)
-        cols["type"].append(rec.type)
-        cols["event"].append(rec.event)
-        cols["user_id"].append(rec.user_id)
-        cols["anonymous_id"].append(rec.anonymous_id)
-        cols["ts"].append(ts)
-        cols["day"].append(ts.date())
-        cols["received_at"].append(received)
-        cols["log_offset"].append(offset)
-        cols["import_run_id"].append(None)
-        cols["person_key"].append(None)
-        cols["properties"].append(orjson.dumps(props).decode())
-        cols["context"].append(orjson.dumps(message.get("context") or {}).decode())
-        for name, kind in prop_types.items():
-            typed[name].append(coerce(props.get(name) if isinstance(props, dict) else None, kind))
-    arrow_types = {
-        "ts": pa.timestamp("us", tz="UTC"),
-        "received_at": pa.timestamp("us", tz="UTC"),
-        "day": pa.date32(),
-        "log_offset": pa.int64(),
-        "import_run_id": pa.int64(),
-        "person_key": pa.int64(),
-    }
-    arrays = {
-        name: pa.array(values, type=arrow_types.get(name, pa.string()))
-        for name, values in cols.items()
+def events_from_log(raw: ir.Table, prop_types: dict[str, str]) -> ir.Table:
+    """Log rows -> the ``events`` layout (plus typed property columns), as one expression."""
+    payload = raw.payload.cast("json")
+    props = ibis.coalesce(payload["properties"], payload["traits"])
+    received = raw.received_at.try_cast(layout.TS)
+    ts = ibis.coalesce(raw.timestamp.try_cast(layout.TS), received)
+    columns: dict[str, Any] = {
+        "event_id": raw.message_id,
+        "source": raw.source,
+        "type": raw.type,
+        "event": raw.event,
+        "user_id": raw.user_id,
+        "anonymous_id": raw.anonymous_id,
+        "ts": ts,
+        "day": ts.date(),
+        "received_at": received,
+        "log_offset": raw.log_offset,
+        "import_run_id": ibis.null("int64"),
+        "person_key": ibis.null("int64"),
+        "properties": ibis.coalesce(props, ibis.literal("{}").cast("json")),
+        "context": ibis.coalesce(payload["context"], ibis.literal("{}").cast("json")),
     }
     for name, kind in prop_types.items():
-        arrays[layout.prop_column(name)] = pa.array(
-            typed[name], type=layout.PLAN_TYPES[kind].to_pyarrow()
-        )
-    return pa.table(arrays)
+        columns[layout.prop_column(name)] = _typed(props[name], kind)
+    return raw.select(**columns)
 
 
 def load_from_log(wh: Warehouse, log: _Log, batch: int = 50_000, wait: float = 30.0) -> int:
@@ -130,10 +91,8 @@ def load_from_log(wh: Warehouse, log: _Log, batch: int = 50_000, wait: float = 3
             records = log.read(offset, batch)
             if not records:
                 break
-            table = ibis.memtable(records_to_arrow(records, prop_types))
-            rows = table.mutate(
-                properties=table.properties.cast("json"), context=table.context.cast("json")
-            ).order_by(["day", "person_key", "ts"])
+            raw = ibis.memtable(records_to_arrow(records))
+            rows = events_from_log(raw, prop_types).order_by(["day", "person_key", "ts"])
             with wh.transaction(con):
                 con.insert("events", rows)
                 offset = int(records[-1][0])

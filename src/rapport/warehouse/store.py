@@ -80,6 +80,7 @@ class Warehouse:
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
         try:
+            con.raw_sql("SET TimeZone = 'UTC'")  # days are UTC days, whatever the host says
             self._ensure_tables(con)
             yield con
         finally:
