@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
 
 import typer
 
 from rapport import accounts
+from rapport.settings import get_settings
 from rapport.workspace import Workspace
 
 app = typer.Typer(no_args_is_help=True, help="Rapport: customer data platform and lead engine.")
 token_app = typer.Typer(no_args_is_help=True, help="API tokens.")
 app.add_typer(token_app, name="token")
+warehouse_app = typer.Typer(no_args_is_help=True, help="The warehouse.")
+app.add_typer(warehouse_app, name="warehouse")
 
 
 def workspace() -> Workspace:
@@ -41,15 +49,34 @@ def serve(
 
     from rapport.web.app import create_app
 
-    ws = workspace()
+    ws = Workspace(replace(get_settings(), loader_in_process=False))
     ws.init()
-    uvicorn.run(
-        create_app(workspace=ws),
-        host=host or ws.settings.host,
-        port=port or ws.settings.port,
-        log_level="info",
-        access_log=False,
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "rapport", "warehouse", "follow", "--parent", str(os.getpid())],
+        preexec_fn=lambda: os.nice(10),  # acknowledging events comes first
     )
+    try:
+        uvicorn.run(
+            create_app(workspace=ws),
+            host=host or ws.settings.host,
+            port=port or ws.settings.port,
+            log_level="info",
+            access_log=False,
+        )
+    finally:
+        follower.terminate()
+        follower.wait(30)
+
+
+@warehouse_app.command("follow")
+def warehouse_follow(
+    parent: int = typer.Option(None, help="Stop when this process id is no longer the parent."),
+) -> None:
+    """Load the event log into the warehouse continuously (``rapport serve`` starts this)."""
+    from rapport.warehouse.follow import follow
+
+    with contextlib.suppress(KeyboardInterrupt):
+        follow(workspace(), parent=parent)
 
 
 @token_app.command("create")

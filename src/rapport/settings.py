@@ -37,6 +37,9 @@ class Settings:
     dedupe_hours: int = 72
     #: Timestamps further than this from the server clock are corrected and flagged.
     max_clock_skew_hours: int = 24
+    #: Load the warehouse from the log inside the app process (tests, embedded use); ``rapport
+    #: serve`` turns this off and runs ``rapport warehouse follow`` as a separate process.
+    loader_in_process: bool = True
     #: Path of the front-end packages installed from npm (``node_modules``).
     assets_dir: str = ""
     secret_key: str = field(default="", repr=False)
@@ -77,6 +80,8 @@ class Settings:
 
 def _coerce(name: str, raw: Any) -> Any:
     kind = {f.name: f.type for f in fields(Settings)}[name]
+    if kind in ("bool", bool):
+        return raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes", "on")
     if kind in ("int", int):
         return int(raw)
     if kind in ("float", float):

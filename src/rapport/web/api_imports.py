@@ -135,6 +135,8 @@ def setup(app: FastAPI) -> None:
     stopping = asyncio.Event()
 
     async def start(app: FastAPI) -> None:
+        if not app.state.ws.settings.loader_in_process:
+            return  # `rapport serve` runs the loader as a process of its own (warehouse.follow)
         stopping.clear()
         app.state.warehouse_loader_task = asyncio.create_task(_loader(app, stopping))
 
