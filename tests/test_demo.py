@@ -80,7 +80,7 @@ def test_events_are_in_the_log(demo: tuple[Path, str]) -> None:
     files = files_of(home)
     total = int(rapport(home, "events", "count").strip())
     generated = sum(files.counts[f"events_{s}"] for s in TRACKING_SOURCES)
-    assert total == generated > PERSONS * 15
+    assert total == generated > PERSONS * 8
     ws = Workspace(load_settings(home=home))
     assert ws.log.count(source="app") == files.counts["events_app"]
     assert ws.log.count(event="view_product") > 0

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 
 from rapport.log import LogRecord
-from rapport.web.auth import Principal, require
+from rapport.web.auth import Principal, redactor, require
 
 router = APIRouter(prefix="/api/events", tags=["events"])
 
 
-def event_json(offset: int, record: LogRecord) -> dict[str, Any]:
+def event_json(
+    offset: int, record: LogRecord, redact: Callable[[Any], Any] = lambda obj: obj
+) -> dict[str, Any]:
     """A log record for JSON output, its payload decoded."""
     return {
         "offset": offset,
@@ -26,7 +29,7 @@ def event_json(offset: int, record: LogRecord) -> dict[str, Any]:
         "timestamp": record.timestamp,
         "receivedAt": record.received_at,
         "flags": record.flags,
-        "payload": msgspec.json.decode(record.payload),
+        "payload": redact(msgspec.json.decode(record.payload)),
     }
 
 
@@ -41,7 +44,8 @@ def tail(
     log = request.app.state.ws.log
     rows = log.tail(limit) if after is None else log.read(after, limit)
     last = rows[-1][0] if rows else (after or log.last_offset())
-    return {"events": [event_json(o, r) for o, r in rows], "last_offset": last}
+    redact = redactor(request)
+    return {"events": [event_json(o, r, redact) for o, r in rows], "last_offset": last}
 
 
 @router.get("/count")

@@ -16,6 +16,7 @@ from fastapi import HTTPException, Request, status
 
 from rapport import accounts
 from rapport.accounts import Role
+from rapport.catalog.pii import mask, mask_json_text, pii_fields
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -89,3 +90,12 @@ def require(*roles: Role) -> Callable[[Request], Coroutine[Any, Any, Principal]]
         return principal
 
     return dependency
+
+
+def redactor(request: Request) -> Callable[[Any], Any]:
+    """Masks personal data in JSON-like values unless the caller's role may see it."""
+    principal = getattr(request.state, "principal", None)
+    if principal is not None and principal.sees_pii:
+        return lambda obj: obj
+    fields = pii_fields(request.app.state.ws.db)
+    return lambda obj: mask_json_text(obj, fields) if isinstance(obj, str) else mask(obj, fields)

@@ -19,10 +19,12 @@ from urllib.parse import urlencode
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
 from pydantic import ValidationError
 
+from rapport import accounts
 from rapport.accounts import Role
-from rapport.web.auth import Principal, csrf_token
+from rapport.web.auth import Principal, csrf_token, redactor
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 
@@ -62,14 +64,17 @@ def _when(value: Any) -> str:
     return str(value)
 
 
-def _pretty_json(value: Any) -> str:
+@pass_context
+def _pretty_json(context: Any, value: Any) -> str:
+    """A payload for reading, with personal data masked unless the viewer's role may see it."""
     if isinstance(value, bytes | bytearray):
         value = value.decode("utf-8", "replace")
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except ValueError:
-            return value
+            value = {"raw": value}
+    value = redactor(context["request"])(value)
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
 
 
@@ -81,10 +86,18 @@ templates.env.filters["tojson_attr"] = lambda v: json.dumps(v, ensure_ascii=Fals
 
 
 def current_user(request: Request) -> Principal | None:
+    """The signed-in user, with the role the DB gives now (a disabled user is signed out)."""
+    known = getattr(request.state, "principal", None)
+    if known is not None:
+        return known  # type: ignore[no-any-return]
     user = request.session.get("user")
     if not user:
         return None
-    return Principal(user["name"], Role(user["role"]), via_session=True)
+    role = accounts.current_role(request.app.state.ws.db, user["name"])
+    if role is None:
+        request.session.clear()
+        return None
+    return Principal(user["name"], role, via_session=True)
 
 
 def page(*roles: Role) -> Callable[[Request], Coroutine[Any, Any, Principal]]:

@@ -1,0 +1,71 @@
+"""Masking personal data (mobile, ID card, email, bank card, ...) for roles that may not see it.
+
+Which fields are personal: every property flagged ``pii`` in the tracking plan, plus the usual
+identifier names, so that an unplanned ``mobile`` in an event is masked too.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Engine
+
+from rapport.catalog.cache import current_plan
+
+DEFAULT_PII_FIELDS = frozenset(
+    {
+        "mobile",
+        "phone",
+        "email",
+        "id_card",
+        "bank_card",
+        "name",
+        "address",
+        "birthday",
+        "wechat_openid",
+        "wechat_unionid",
+    }
+)
+
+
+def pii_fields(engine: Engine) -> frozenset[str]:
+    return DEFAULT_PII_FIELDS | frozenset(current_plan(engine).pii_fields())
+
+
+def mask_value(value: Any) -> Any:
+    """Enough to recognise a value, not to use it: ``138****8000``, ``z***@qq.com``."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return "***"
+    if "@" in value:
+        local, _, domain = value.partition("@")
+        return f"{local[:1]}***@{domain}"
+    if len(value) >= 11:
+        return (
+            f"{value[:-8]}****{value[-4:]}" if len(value) <= 13 else f"{value[:4]}****{value[-4:]}"
+        )
+    return "***"
+
+
+def mask(obj: Any, fields: frozenset[str]) -> Any:
+    """A copy of ``obj`` (JSON-like) with the values of personal keys masked, at any depth."""
+    if isinstance(obj, dict):
+        return {
+            k: mask_value(v)
+            if k.lower() in fields and not isinstance(v, dict | list)
+            else mask(v, fields)
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [mask(v, fields) for v in obj]
+    return obj
+
+
+def mask_json_text(text: str, fields: frozenset[str]) -> str:
+    """``mask`` for a payload stored as JSON text; text that is not JSON is hidden entirely."""
+    try:
+        return json.dumps(mask(json.loads(text), fields), ensure_ascii=False)
+    except ValueError:
+        return "*** (not JSON; hidden: it may hold personal data)"
