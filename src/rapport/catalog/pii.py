@@ -29,6 +29,11 @@ DEFAULT_PII_FIELDS = frozenset(
 )
 
 
+#: parts of a Segment ``context`` that describe the software, not the person: left as they are
+#: (``context.library.name`` is not a person's name)
+TECHNICAL = frozenset({"library", "app", "os", "device", "screen", "network", "campaign"})
+
+
 def pii_fields(engine: Engine) -> frozenset[str]:
     return DEFAULT_PII_FIELDS | frozenset(current_plan(engine).pii_fields())
 
@@ -52,15 +57,16 @@ def mask_value(value: Any) -> Any:
 def mask(obj: Any, fields: frozenset[str]) -> Any:
     """A copy of ``obj`` (JSON-like) with the values of personal keys masked, at any depth."""
     if isinstance(obj, dict):
-        return {
-            k: mask_value(v)
-            if k.lower() in fields and not isinstance(v, dict | list)
-            else mask(v, fields)
-            for k, v in obj.items()
-        }
+        return {k: _mask_item(k, v, fields) for k, v in obj.items()}
     if isinstance(obj, list):
         return [mask(v, fields) for v in obj]
     return obj
+
+
+def _mask_item(key: str, value: Any, fields: frozenset[str]) -> Any:
+    if isinstance(value, dict | list):
+        return value if key in TECHNICAL else mask(value, fields)
+    return mask_value(value) if key.lower() in fields else value
 
 
 def mask_json_text(text: str, fields: frozenset[str]) -> str:

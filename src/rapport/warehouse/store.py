@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from rapport.settings import Settings
 
 
+_OPENING = threading.Lock()
+
+
 class WarehouseBusy(RuntimeError):
     """Another process holds the warehouse file (e.g. a long import run from the CLI)."""
 
@@ -67,7 +70,9 @@ class Warehouse:
         delay = 0.02
         while True:
             try:
-                con = ibis.duckdb.connect(self.path)
+                # DuckDB refuses two threads attaching the same file at the same instant
+                with _OPENING:
+                    con = ibis.duckdb.connect(self.path)
                 break
             except duckdb.IOException as exc:
                 if not _is_lock_error(exc) or time.monotonic() >= deadline:
