@@ -45,6 +45,14 @@ def test_append_many_gives_offsets_and_dedupes_per_source(log):
     assert log.read(0, 1)[0][1] == rec("a")
 
 
+def test_hash_collisions_never_drop_an_event(log, monkeypatch):
+    """Every messageId hashes alike here: distinct messages are still kept, copies still not."""
+    monkeypatch.setattr("rapport.log.sqlite.dedupe_key", lambda source, message_id: 42)
+    assert log.append_many([rec("a"), rec("b"), rec("b"), rec("c")]) == [1, 2, None, 3]
+    assert log.append_many([rec("c"), rec("d"), rec("a")]) == [None, 4, None]
+    assert [r.message_id for _, r in log.read(0, 10)] == ["a", "b", "c", "d"]
+
+
 def test_async_appends_are_group_committed_in_order(log):
     async def main():
         return await asyncio.gather(

@@ -6,14 +6,15 @@ transaction, commits (the WAL is fsync'd) and only then resolves each caller's f
 Readers use their own connections, so another process (``rapport events count``) can read
 while the server writes.
 
-Dedupe is a plain UNIQUE(source, message_id) index: a messageId is a duplicate forever, which
-is stricter than the 72 h window of ``settings.dedupe_hours`` and never loses an event that a
-client retried late.
+Dedupe is a UNIQUE index on a 64-bit hash of (source, messageId), checked exactly on a hit: a
+messageId is a duplicate forever, which is stricter than the 72 h window of
+``settings.dedupe_hours`` and never loses an event that a client retried late.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 import threading
 import time
@@ -44,15 +45,34 @@ CREATE TABLE IF NOT EXISTS events (
     received_at TEXT NOT NULL,
     payload BLOB NOT NULL,
     flags INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (source, message_id)
+    dedupe INTEGER
 );
+CREATE UNIQUE INDEX IF NOT EXISTS events_dedupe ON events (dedupe);
 CREATE INDEX IF NOT EXISTS events_event ON events (event);
 """
 _COLUMNS = (
     "source, message_id, type, event, user_id, anonymous_id, timestamp, received_at, payload, flags"
 )
-_INSERT = f"INSERT OR IGNORE INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT = (
+    f"INSERT OR IGNORE INTO events ({_COLUMNS}, dedupe) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _SELECT = f'SELECT "offset", {_COLUMNS} FROM events'
+
+
+def dedupe_key(source: str, message_id: str) -> int:
+    """(source, messageId) as a signed 64-bit hash.
+
+    An 8-byte integer index costs half as much per durable append as a text index on the pair
+    (random keys dirty fewer pages); a hash collision is detected and handled exactly in
+    ``_offsets_with_duplicates``, so it never drops an event.
+    """
+    digest = hashlib.blake2b(f"{source}\0{message_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _row_values(record: LogRecord) -> tuple[Any, ...]:
+    return (*astuple(record), dedupe_key(record.source, record.message_id))
+
 
 Done = Callable[[list[int | None] | None, BaseException | None], None]
 
@@ -66,6 +86,17 @@ def _connect(path: Path) -> sqlite3.Connection:
     # many commits are then copied back once, which halves the cost of a durable append.
     conn.execute("PRAGMA wal_autocheckpoint=20000")
     return conn
+
+
+def _stored(cur: sqlite3.Cursor, record: LogRecord) -> bool:
+    """Whether this exact (source, messageId) is already in the log (the rare, slow check)."""
+    key = dedupe_key(record.source, record.message_id)
+    found = cur.execute(
+        "SELECT 1 FROM events WHERE (dedupe = ? OR dedupe IS NULL) AND source = ?"
+        " AND message_id = ? LIMIT 1",
+        (key, record.source, record.message_id),
+    ).fetchone()
+    return found is not None
 
 
 def _row(row: tuple[Any, ...]) -> tuple[int, LogRecord]:
@@ -180,7 +211,7 @@ class SQLiteEventLog(EventLog):
             cur.execute("BEGIN IMMEDIATE")
             before = cur.execute('SELECT coalesce(max("offset"), 0) FROM events').fetchone()[0]
             changes = conn.total_changes
-            cur.executemany(_INSERT, map(astuple, records))
+            cur.executemany(_INSERT, map(_row_values, records))
             inserted = conn.total_changes - changes
             offsets: list[int | None] = (
                 list(range(before + 1, before + 1 + len(records)))
@@ -214,7 +245,18 @@ class SQLiteEventLog(EventLog):
                 'SELECT "offset", source, message_id FROM events WHERE "offset" > ?', (before,)
             )
         }
-        return [new.pop((r.source, r.message_id), None) for r in records]
+        offsets = [new.pop((r.source, r.message_id), None) for r in records]
+        seen: set[tuple[str, str]] = set()  # inserted by this batch: later copies are duplicates
+        for i, record in enumerate(records):
+            pair = (record.source, record.message_id)
+            if offsets[i] is not None:
+                seen.add(pair)
+            elif pair not in seen and not _stored(cur, record):
+                # a different message shares the hash: keep it, outside the hash index
+                cur.execute(_INSERT, (*astuple(record), None))
+                offsets[i] = cur.lastrowid
+                seen.add(pair)
+        return offsets
 
     # -- reading -----------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
