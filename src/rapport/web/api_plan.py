@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    status,
+)
+from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
@@ -29,10 +40,15 @@ YAML = "application/yaml"
 PropId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The property's id.")]
 
 
-def _http(exc: catalog.PlanError) -> HTTPException:
-    if isinstance(exc, catalog.PlanImportError):
-        return HTTPException(exc.status, exc.errors)
-    return HTTPException(exc.status, str(exc))
+async def _plan_error(request: Request, exc: Exception) -> JSONResponse:
+    """Every plan error becomes its HTTP status with the message (or the YAML errors list)."""
+    assert isinstance(exc, catalog.PlanError)
+    detail = exc.errors if isinstance(exc, catalog.PlanImportError) else str(exc)
+    return JSONResponse({"detail": detail}, status_code=exc.status)
+
+
+def setup(app: FastAPI) -> None:
+    app.add_exception_handler(catalog.PlanError, _plan_error)
 
 
 def _db(request: Request) -> Engine:
@@ -55,37 +71,25 @@ def list_events(request: Request, _: Principal = Depends(require())) -> list[Eve
 def create_event(
     body: EventTypeBody, request: Request, who: Principal = Depends(admin)
 ) -> EventTypeOut:
-    try:
-        return catalog.create_event_type(_db(request), body, actor=who.name)
-    except catalog.PlanError as exc:
-        raise _http(exc) from None
+    return catalog.create_event_type(_db(request), body, actor=who.name)
 
 
 @router.get("/events/{name}")
 def get_event(name: str, request: Request, _: Principal = Depends(require())) -> EventTypeOut:
-    try:
-        return catalog.get_event_type(_db(request), name)
-    except catalog.PlanError as exc:
-        raise _http(exc) from None
+    return catalog.get_event_type(_db(request), name)
 
 
 @router.patch("/events/{name}")
 def update_event(
     name: str, body: EventTypePatch, request: Request, who: Principal = Depends(admin)
 ) -> EventTypeOut:
-    try:
-        return catalog.update_event_type(_db(request), name, body, actor=who.name)
-    except catalog.PlanError as exc:
-        raise _http(exc) from None
+    return catalog.update_event_type(_db(request), name, body, actor=who.name)
 
 
 @router.delete("/events/{name}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_event(name: str, request: Request, who: Principal = Depends(admin)) -> Response:
     """Delete an event type and its properties."""
-    try:
-        catalog.delete_event_type(_db(request), name, actor=who.name)
-    except catalog.PlanError as exc:
-        raise _http(exc) from None
+    catalog.delete_event_type(_db(request), name, actor=who.name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -93,10 +97,7 @@ def delete_event(name: str, request: Request, who: Principal = Depends(admin)) -
 def add_event_property(
     name: str, body: PropertyBody, request: Request, who: Principal = Depends(admin)
 ) -> PropertyOut:
-    try:
-        return catalog.add_event_property(_db(request), name, body, actor=who.name)
-    except catalog.PlanError as exc:
-        raise _http(exc) from None
+    return catalog.add_event_property(_db(request), name, body, actor=who.name)
 
 
 @router.post("/common-properties", status_code=status.HTTP_201_CREATED)
@@ -104,58 +105,40 @@ def add_common_property(
     body: PropertyBody, request: Request, who: Principal = Depends(admin)
 ) -> PropertyOut:
     """An event property every event may carry (channel, device...)."""
-    try:
-        return catalog.add_event_property(_db(request), None, body, actor=who.name)
-    except catalog.PlanError as exc:
-        raise _http(exc) from None
+    return catalog.add_event_property(_db(request), None, body, actor=who.name)
 
 
 @router.post("/user-properties", status_code=status.HTTP_201_CREATED)
 def add_user_property(
     body: PropertyBody, request: Request, who: Principal = Depends(admin)
 ) -> PropertyOut:
-    try:
-        return catalog.add_user_property(_db(request), body, actor=who.name)
-    except catalog.PlanError as exc:
-        raise _http(exc) from None
+    return catalog.add_user_property(_db(request), body, actor=who.name)
 
 
 @router.post("/item-properties", status_code=status.HTTP_201_CREATED)
 def add_item_property(
     body: ItemPropertyBody, request: Request, who: Principal = Depends(admin)
 ) -> PropertyOut:
-    try:
-        return catalog.add_item_property(_db(request), body, actor=who.name)
-    except catalog.PlanError as exc:
-        raise _http(exc) from None
+    return catalog.add_item_property(_db(request), body, actor=who.name)
 
 
 @router.get("/properties/{prop_id}")
 def get_property(
     prop_id: PropId, request: Request, _: Principal = Depends(require())
 ) -> PropertyOut:
-    try:
-        return catalog.get_property(_db(request), prop_id)
-    except catalog.PlanError as exc:
-        raise _http(exc) from None
+    return catalog.get_property(_db(request), prop_id)
 
 
 @router.patch("/properties/{prop_id}")
 def update_property(
     prop_id: PropId, body: PropertyPatch, request: Request, who: Principal = Depends(admin)
 ) -> PropertyOut:
-    try:
-        return catalog.update_property(_db(request), prop_id, body, actor=who.name)
-    except catalog.PlanError as exc:
-        raise _http(exc) from None
+    return catalog.update_property(_db(request), prop_id, body, actor=who.name)
 
 
 @router.delete("/properties/{prop_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_property(prop_id: PropId, request: Request, who: Principal = Depends(admin)) -> Response:
-    try:
-        catalog.delete_property(_db(request), prop_id, actor=who.name)
-    except catalog.PlanError as exc:
-        raise _http(exc) from None
+    catalog.delete_property(_db(request), prop_id, actor=who.name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -186,7 +169,4 @@ async def import_plan(
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise HTTPException(400, f"body is not UTF-8 (byte {exc.start})") from None
-    try:
-        return await run_in_threadpool(catalog.import_plan, _db(request), text, replace, who.name)
-    except catalog.PlanError as exc:
-        raise _http(exc) from None
+    return await run_in_threadpool(catalog.import_plan, _db(request), text, replace, who.name)
