@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -26,9 +27,10 @@ def rec(message_id: str, event: str = "view_product", source: str = "web") -> Lo
     )
 
 
-@pytest.fixture
-def log(settings):
-    log = EventLog.open(settings)
+@pytest.fixture(params=["thread", "process"])
+def log(settings, request):
+    """Both writers: inserts in the writer thread, or in a child process (``rapport serve``)."""
+    log = EventLog.open(replace(settings, log_writer_process=request.param == "process"))
     yield log
     log.close()
 
@@ -98,3 +100,14 @@ def test_log_survives_reopen(settings):
     again = EventLog.open(settings)
     assert again.append_many([rec("keep"), rec("new")]) == [None, 2]
     again.close()
+
+
+def test_a_dead_writer_process_refuses_instead_of_acknowledging(settings):
+    log = EventLog.open(replace(settings, log_writer_process=True))
+    assert log.append_many([rec("a")]) == [1]
+    log._writer_store.proc.kill()  # type: ignore[attr-defined]
+    log._writer_store.proc.wait()  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="writer process has stopped"):
+        log.append_many([rec("b")])
+    log.close()
+    assert EventLog.open(settings).count() == 1

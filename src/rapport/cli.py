@@ -49,7 +49,7 @@ def serve(
 
     from rapport.web.app import create_app
 
-    ws = Workspace(replace(get_settings(), loader_in_process=False))
+    ws = Workspace(replace(get_settings(), loader_in_process=False, log_writer_process=True))
     ws.init()
     follower = subprocess.Popen(
         [sys.executable, "-m", "rapport", "warehouse", "follow", "--parent", str(os.getpid())],

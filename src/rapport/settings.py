@@ -40,6 +40,9 @@ class Settings:
     #: Load the warehouse from the log inside the app process (tests, embedded use); ``rapport
     #: serve`` turns this off and runs ``rapport warehouse follow`` as a separate process.
     loader_in_process: bool = True
+    #: Run the event log's inserts in a child process (``rapport serve`` does), so that they do
+    #: not take turns with the collector on the server's interpreter lock.
+    log_writer_process: bool = False
     #: Path of the front-end packages installed from npm (``node_modules``).
     assets_dir: str = ""
     secret_key: str = field(default="", repr=False)

@@ -14,16 +14,20 @@ messageId is a duplicate forever, which is stricter than the 72 h window of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
+import msgspec
 from msgspec.structs import astuple
 
 from rapport.log.base import EventLog, LogOverloaded
@@ -103,12 +107,158 @@ def _row(row: tuple[Any, ...]) -> tuple[int, LogRecord]:
     return row[0], LogRecord(*row[1:])
 
 
+def _insert(conn: sqlite3.Connection, records: list[LogRecord]) -> list[int | None]:
+    """Append ``records`` in one committed (fsync'd) transaction; their offsets."""
+    cur = conn.cursor()
+    cur.execute("BEGIN IMMEDIATE")
+    try:
+        before = cur.execute('SELECT coalesce(max("offset"), 0) FROM events').fetchone()[0]
+        changes = conn.total_changes
+        cur.executemany(_INSERT, map(_row_values, records))
+        inserted = conn.total_changes - changes
+        offsets: list[int | None] = (
+            list(range(before + 1, before + 1 + len(records)))
+            if inserted == len(records)
+            else _offsets_with_duplicates(cur, before, records)
+        )
+        cur.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return offsets
+
+
+def _offsets_with_duplicates(
+    cur: sqlite3.Cursor, before: int, records: list[LogRecord]
+) -> list[int | None]:
+    """Which records were new: the rows past ``before`` are exactly this batch's inserts.
+
+    Without duplicates (the usual case) the new rows are simply the next offsets in order,
+    because SQLite gives a new row the largest rowid plus one and the log never deletes.
+    """
+    new = {
+        (source, message_id): offset
+        for offset, source, message_id in cur.execute(
+            'SELECT "offset", source, message_id FROM events WHERE "offset" > ?', (before,)
+        )
+    }
+    offsets = [new.pop((r.source, r.message_id), None) for r in records]
+    seen: set[tuple[str, str]] = set()  # inserted by this batch: later copies are duplicates
+    for i, record in enumerate(records):
+        pair = (record.source, record.message_id)
+        if offsets[i] is not None:
+            seen.add(pair)
+        elif pair not in seen and not _stored(cur, record):
+            # a different message shares the hash: keep it, outside the hash index
+            cur.execute(_INSERT, (*astuple(record), None))
+            offsets[i] = cur.lastrowid
+            seen.add(pair)
+    return offsets
+
+
+class _Writer(Protocol):
+    def insert(self, records: list[LogRecord]) -> list[int | None]: ...
+    def close(self) -> None: ...
+
+
+class _ThreadWriter:
+    """Inserts from the writer thread itself (embedded use, tests, the CLI)."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = _connect(path)
+
+    def insert(self, records: list[LogRecord]) -> list[int | None]:
+        return _insert(self.conn, records)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_encode = msgspec.msgpack.encode
+_decode_records = msgspec.msgpack.Decoder(list[LogRecord]).decode
+_decode_result = msgspec.msgpack.Decoder(tuple[bool, Any]).decode
+
+
+_CHILD = "import sys; from rapport.log.sqlite import serve_writes; serve_writes(sys.argv[1])"
+
+
+class _ProcessWriter:
+    """Inserts in a child process, so SQLite's work never waits for the server's GIL.
+
+    Each group commit crosses the child's stdin as one length-prefixed msgpack frame and its
+    offsets come back on stdout after the child's COMMIT: the acknowledgement still follows
+    durability. If the child dies, the callers get an error (no acknowledgement), never a lost
+    event; if the parent dies, the child reads EOF and exits.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.to_child, self.from_child = self.proc.stdin, self.proc.stdout
+
+    def insert(self, records: list[LogRecord]) -> list[int | None]:
+        try:
+            _send(self.to_child, _encode(records))
+            ok, value = _decode_result(_receive(self.from_child))
+        except (EOFError, OSError) as exc:
+            raise RuntimeError("the event log's writer process has stopped") from exc
+        if not ok:
+            raise RuntimeError(f"the event log's writer process failed: {value}")
+        return list(value)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # a dead child leaves a broken pipe
+            self.to_child.close()  # the child reads EOF and exits
+        self.proc.wait(30)
+        self.from_child.close()
+
+
+def _send(stream: IO[bytes], frame: bytes) -> None:
+    stream.write(len(frame).to_bytes(4, "big") + frame)
+    stream.flush()
+
+
+def _receive(stream: IO[bytes]) -> bytes:
+    header = stream.read(4)
+    if len(header) < 4:
+        raise EOFError
+    size = int.from_bytes(header, "big")
+    frame = stream.read(size)
+    if len(frame) < size:
+        raise EOFError
+    return frame
+
+
+def serve_writes(path: str) -> None:
+    """The child process: append each batch it receives; exit at EOF (the parent has gone)."""
+    conn = _connect(Path(path))
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        try:
+            records = _decode_records(_receive(source))
+        except EOFError:
+            break
+        try:
+            result: tuple[bool, Any] = (True, _insert(conn, records))
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, who tells the callers
+            result = (False, repr(exc))
+        _send(sink, _encode(result))
+    conn.close()
+
+
 class SQLiteEventLog(EventLog):
     def __init__(self, settings: Settings) -> None:
         self.path = settings.log_file
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.interval = settings.commit_interval_ms / 1000
         self.max_batch = settings.commit_max_events
+        self.writer_process = settings.log_writer_process
+        self._writer_store: _Writer | None = None
         #: events waiting beyond this many answer 503: a bounded queue, never unbounded memory
         self.max_queued = settings.commit_max_events * 10
         with _connect(self.path) as conn:
@@ -195,68 +345,26 @@ class SQLiteEventLog(EventLog):
             return batch
 
     def _write_loop(self) -> None:
-        conn = _connect(self.path)
+        store = _ProcessWriter(self.path) if self.writer_process else _ThreadWriter(self.path)
+        self._writer_store = store
         try:
             while (batch := self._take()) is not None:
-                self._write(conn, batch)
+                self._write(store, batch)
         finally:
-            conn.close()
+            store.close()
 
-    def _write(
-        self, conn: sqlite3.Connection, batch: list[tuple[Sequence[LogRecord], Done]]
-    ) -> None:
-        records = [r for records, _ in batch for r in records]
+    @staticmethod
+    def _write(store: _Writer, batch: list[tuple[Sequence[LogRecord], Done]]) -> None:
         try:
-            cur = conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            before = cur.execute('SELECT coalesce(max("offset"), 0) FROM events').fetchone()[0]
-            changes = conn.total_changes
-            cur.executemany(_INSERT, map(_row_values, records))
-            inserted = conn.total_changes - changes
-            offsets: list[int | None] = (
-                list(range(before + 1, before + 1 + len(records)))
-                if inserted == len(records)
-                else self._offsets_with_duplicates(cur, before, records)
-            )
-            cur.execute("COMMIT")
+            offsets = store.insert([r for records, _ in batch for r in records])
         except BaseException as exc:  # noqa: BLE001 - every waiting caller must hear of it
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             for _, done in batch:
                 done(None, exc)
             return
         start = 0
-        for records_, done in batch:
-            done(offsets[start : start + len(records_)], None)
-            start += len(records_)
-
-    @staticmethod
-    def _offsets_with_duplicates(
-        cur: sqlite3.Cursor, before: int, records: list[LogRecord]
-    ) -> list[int | None]:
-        """Which records were new: the rows past ``before`` are exactly this batch's inserts.
-
-        Without duplicates (the usual case) the new rows are simply the next offsets in order,
-        because SQLite gives a new row the largest rowid plus one and the log never deletes.
-        """
-        new = {
-            (source, message_id): offset
-            for offset, source, message_id in cur.execute(
-                'SELECT "offset", source, message_id FROM events WHERE "offset" > ?', (before,)
-            )
-        }
-        offsets = [new.pop((r.source, r.message_id), None) for r in records]
-        seen: set[tuple[str, str]] = set()  # inserted by this batch: later copies are duplicates
-        for i, record in enumerate(records):
-            pair = (record.source, record.message_id)
-            if offsets[i] is not None:
-                seen.add(pair)
-            elif pair not in seen and not _stored(cur, record):
-                # a different message shares the hash: keep it, outside the hash index
-                cur.execute(_INSERT, (*astuple(record), None))
-                offsets[i] = cur.lastrowid
-                seen.add(pair)
-        return offsets
+        for records, done in batch:
+            done(offsets[start : start + len(records)], None)
+            start += len(records)
 
     # -- reading -----------------------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
