@@ -1,8 +1,10 @@
 """The embedded event log: one SQLite file in WAL mode with ``synchronous=FULL``.
 
-A single writer thread owns the write connection and does group commit: it takes everything
-queued within ``commit_interval_ms`` (or up to ``commit_max_events``), inserts it in one
-transaction, commits (the WAL is fsync'd) and only then resolves each caller's future.
+A single writer thread does group commit: it takes everything queued within
+``commit_interval_ms`` (or up to ``commit_max_events``), inserts it in one transaction, commits
+(the WAL is fsync'd) and only then resolves each caller's future. The inserts run in that thread
+or, with ``log_writer_process`` (``rapport serve``), in a child process fed through a pipe, so
+that SQLite's work does not compete with the collector for the server's interpreter lock.
 Readers use their own connections, so another process (``rapport events count``) can read
 while the server writes.
 
