@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import ibis.expr.types as ir
 import orjson
 from ibis.backends.duckdb import Backend
 
 JSON_COLUMNS = ("properties", "context", "identifiers")
+
+
+class EventFilters(TypedDict, total=False):
+    """The event explorer's filters; every one is optional."""
+
+    event: str | None
+    source: str | None
+    type: str | None
+    since: datetime | None
+    until: datetime | None
 
 
 def filter_events(
@@ -45,7 +55,9 @@ def rows(expr: ir.Table, limit: int, offset: int) -> list[dict[str, Any]]:
     return result
 
 
-def event_rows(con: Backend, *, limit: int = 100, offset: int = 0, **filters: Any) -> list[dict]:
+def event_rows(
+    con: Backend, *, limit: int = 100, offset: int = 0, **filters: Unpack[EventFilters]
+) -> list[dict]:
     events = filter_events(con.table("events"), **filters)
     return rows(events.order_by([events.ts.desc(), events.event_id.desc()]), limit, offset)
 

@@ -13,10 +13,9 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import duckdb
 import ibis
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from rapport.settings import Settings
+    from rapport.warehouse.queries import EventFilters
 
 
 _OPENING = threading.Lock()
@@ -175,51 +175,19 @@ class Warehouse:
 
     # -- queries for the console and the API --------------------------------------------
     def events(
-        self,
-        *,
-        event: str | None = None,
-        source: str | None = None,
-        type: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 100,
-        offset: int = 0,
+        self, *, limit: int = 100, offset: int = 0, **filters: Unpack[EventFilters]
     ) -> list[dict[str, Any]]:
         """Newest first."""
         from rapport.warehouse.queries import event_rows
 
         with self.connect() as con:
-            return event_rows(
-                con,
-                event=event,
-                source=source,
-                type=type,
-                since=since,
-                until=until,
-                limit=limit,
-                offset=offset,
-            )
+            return event_rows(con, limit=limit, offset=offset, **filters)
 
-    def count_events(
-        self,
-        *,
-        event: str | None = None,
-        source: str | None = None,
-        type: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> int:
+    def count_events(self, **filters: Unpack[EventFilters]) -> int:
         from rapport.warehouse.queries import filter_events
 
         with self.connect() as con:
-            expr = filter_events(
-                con.table("events"),
-                event=event,
-                source=source,
-                type=type,
-                since=since,
-                until=until,
-            )
+            expr = filter_events(con.table("events"), **filters)
             return int(expr.count().to_pyarrow().as_py())
 
     def profile_slices(
