@@ -72,8 +72,9 @@ def serve(
 def warehouse_follow(
     parent: int = typer.Option(None, help="Stop when this process id is no longer the parent."),
 ) -> None:
-    """Load the event log into the warehouse continuously (``rapport serve`` starts this)."""
-    from rapport.warehouse.follow import follow
+    """Load the event log into the warehouse and resolve identities continuously
+    (``rapport serve`` starts this)."""
+    from rapport.stream.follow import follow
 
     with contextlib.suppress(KeyboardInterrupt):
         follow(workspace(), parent=parent)
@@ -103,6 +104,7 @@ def _register() -> None:
         ("rapport.catalog.cli", "plan"),
         ("rapport.ingest.quarantine_cli", "quarantine"),
         ("rapport.demo.cli", "demo"),
+        ("rapport.identity.cli", "identity"),
     ]:
         try:
             mod = importlib.import_module(module)

@@ -183,3 +183,65 @@ import_runs = Table(
     #: per-field data-quality report: {field: {fill_rate, invalid, duplicates, ...}}
     Column("quality", JSON),
 )
+
+# -- identity resolution (OneID): configuration and the review queue ------------------------
+#: The graph itself (nodes, the append-only link log, history) lives in the warehouse, where a
+#: full rebuild reads it column-wise; these are the small, edited-by-people parts.
+identifier_types = Table(
+    "identifier_types",
+    metadata,
+    Column("name", String(50), primary_key=True),
+    Column("priority", Integer, nullable=False),  # higher wins when limits force a choice
+    Column("max_per_person", Integer),  # NULL = no limit
+    Column("merge", Boolean, nullable=False, default=True),  # False: identifies, never merges
+    Column("normaliser", String(20), nullable=False, default="trim"),  # mobile|email|id_card|...
+    Column("pattern", String(200)),  # regex the normalised value must match
+    #: where events carry it: ["userId", "anonymousId", "traits.mobile", "context.device.id"]
+    Column("paths", JSON, nullable=False),
+    Column("scope_path", String(100)),  # e.g. context.app.id: a WeChat openid is per app
+    #: a value seen with more than this many persons (told apart by stronger identifiers) is a
+    #: shared one (a household tablet, a clerk's test number) and gets blocked automatically
+    Column("shared_after", Integer),
+    Column("description", Text, nullable=False, default=""),
+    Column("builtin", Boolean, nullable=False, default=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+identity_blocklist = Table(
+    "identity_blocklist",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("id_type", String(50)),  # NULL = every type
+    Column("value", String(200)),  # an exact normalised value ...
+    Column("pattern", String(200)),  # ... or a regex over the normalised value
+    Column("reason", Text, nullable=False),
+    Column("auto", Boolean, nullable=False, default=False),  # found by degree, not typed in
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(100), nullable=False),
+)
+
+survivorship_rules = Table(
+    "survivorship_rules",
+    metadata,
+    Column("property", String(100), primary_key=True),
+    #: source_priority | most_recent | most_frequent | first_non_empty | sum | union
+    Column("rule", String(20), nullable=False),
+    Column("sources", JSON),  # for source_priority: source names, best first
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: probabilistic matches between the two thresholds, waiting for a person to decide
+match_candidates = Table(
+    "match_candidates",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("person_a", Integer, nullable=False, index=True),
+    Column("person_b", Integer, nullable=False, index=True),
+    Column("probability", Float, nullable=False),
+    Column("evidence", JSON, nullable=False),  # compared fields and their agreement levels
+    Column("status", String(10), nullable=False, default="pending"),  # pending|accepted|rejected
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("decided_by", String(100)),
+    Column("decided_at", DateTime(timezone=True)),
+    UniqueConstraint("person_a", "person_b", name="uq_match_candidates_pair"),
+)

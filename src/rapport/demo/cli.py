@@ -90,6 +90,9 @@ def cli(
         task = progress.add_task("warehouse: events", total=None)
         report.warehouse_events = load.load_warehouse(ws)
         progress.update(task, total=report.warehouse_events, completed=report.warehouse_events)
+        task = progress.add_task("identity: resolve", total=None)
+        report.identity = load.resolve_identities(ws)
+        progress.update(task, total=1, completed=1)
     report.quarantine = load.quarantine_counts(ws)
     ws.close()
     _summary(console, files, report)
@@ -132,6 +135,13 @@ def _summary(console: Console, files: DemoFiles, report: LoadReport) -> None:
         )
     console.print(table)
     console.print(f"Warehouse: {report.warehouse_events:,} new events loaded.")
+    ident = report.identity
+    if ident:
+        console.print(
+            f"Identity: {ident['records']:,} records resolved, {ident['merges']:,} merges, "
+            f"{ident['rejected']:,} links refused by limits, {ident['shared_blocked']:,} shared "
+            "values blocked (`rapport identity evaluate` measures it against the ground truth)."
+        )
     quarantine = Table(title="Quarantine (open) by reason")
     quarantine.add_column("reason")
     quarantine.add_column("records", justify="right")

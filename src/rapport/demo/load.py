@@ -66,6 +66,7 @@ class LoadReport:
     events: dict[str, dict[str, int]] = field(default_factory=dict)
     imports: dict[str, dict[str, Any]] = field(default_factory=dict)
     warehouse_events: int = 0
+    identity: dict[str, Any] = field(default_factory=dict)
     quarantine: dict[str, int] = field(default_factory=dict)
 
 
@@ -232,6 +233,31 @@ def run_imports(
 def load_warehouse(ws: Workspace) -> int:
     """Move the log's events into the warehouse now (the server would do it in the background)."""
     return ws.warehouse.load_from_log(ws.log)
+
+
+def configure_identity(ws: Workspace) -> None:
+    """Tell member ids from customer ids, as the data engineer would: both come as ``userId``
+    (a guest's payment events carry the order system's customer id)."""
+    from dataclasses import replace
+
+    from rapport.identity import config
+
+    conf = config.load(ws.db)
+    for name, pattern in (("member_id", r"^M\d{9}$"), ("customer_id", r"^C\d{8,9}$")):
+        t = conf.type(name)
+        assert t is not None
+        config.save_type(ws.db, replace(t, pattern=pattern, paths=("userId",)))
+
+
+def resolve_identities(ws: Workspace) -> dict[str, Any]:
+    """Stage 1 over everything loaded, then block the values shared by several persons."""
+    from rapport.identity.resolve import resolve_pending
+    from rapport.identity.shared import block_shared
+
+    configure_identity(ws)
+    report = resolve_pending(ws)
+    shared = block_shared(ws, actor="demo")
+    return report.__dict__ | {"shared_blocked": len(shared)}
 
 
 def quarantine_counts(ws: Workspace) -> dict[str, int]:

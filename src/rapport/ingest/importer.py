@@ -844,6 +844,7 @@ class _Pipeline:
             fingerprint=(identifiers.cast("string") + properties.cast("string")).hexdigest("md5"),
             updated_at=self._updated_at(good),
             import_run_id=ibis.literal(self.run_id, "int64"),
+            person_key=ibis.null("int64"),  # (re)resolved by rapport.identity
         )
         return self._upsert("profile_slices", "slice_key", rows)
 

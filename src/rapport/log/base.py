@@ -53,5 +53,9 @@ class EventLog(ABC):
         """The offset of the newest record, 0 when empty."""
 
     @abstractmethod
+    def erase(self, offsets: Sequence[int]) -> int:
+        """Delete these records for good (right to erasure); returns how many were deleted."""
+
+    @abstractmethod
     def close(self) -> None:
         """Commit what is queued, then release the files."""

@@ -12,7 +12,8 @@ FLAG_BAD_TIMESTAMP = 2
 FLAG_REPLAYED = 4
 
 
-class LogRecord(msgspec.Struct, frozen=True):
+import os as _os
+class LogRecord(msgspec.Struct, frozen=True, gc=not _os.environ.get("GCV", "").count("r")):
     source: str
     message_id: str
     type: str  # track | identify | page | screen | group | alias

@@ -26,7 +26,7 @@ EVENTS = ibis.schema(
         "received_at": TS,
         "log_offset": "int64",  # NULL for batch-imported events
         "import_run_id": "int64",  # NULL for collected events
-        "person_key": "int64",  # NULL until identity resolution (next issue)
+        "person_key": "int64",  # the person (rapport.identity); NULL until resolved
         "properties": "json",
         "context": "json",
     }
@@ -42,6 +42,7 @@ PROFILE_SLICES = ibis.schema(
         "fingerprint": "string",  # hash of identifiers + properties: unchanged rows are skipped
         "updated_at": TS,
         "import_run_id": "int64",
+        "person_key": "int64",  # the person (rapport.identity); NULL until resolved
     }
 )
 
@@ -58,6 +59,51 @@ ITEMS = ibis.schema(
     }
 )
 
+# -- identity resolution (rapport.identity) ---------------------------------------------------
+#: One row per identifier value ever seen; ``node_id`` is dense, in first-seen order, and a
+#: person's id is the smallest node id of its component (the earliest-seen identifier).
+IDENTITY_NODES = ibis.schema(
+    {
+        "node_id": "int64",
+        "key": "int64",  # keyed hash of (type, normalised value): the lookup key
+        "id_type": "string",
+        "value": "string",  # normalised value (PII: masked by role when shown)
+        "person_id": "int64",  # current person; NULL while blocked or unlinked
+        "first_seq": "int64",
+        "first_source": "string",
+        "first_seen": TS,
+    }
+)
+
+#: The append-only link log: which identifier values each record carried, in resolution order.
+#: It is the input of resolution (decisions are recomputed from it), so a rebuild replays it.
+IDENTITY_LINKS = ibis.schema(
+    {
+        "seq": "int64",  # record sequence: the order records were resolved in
+        "source": "string",
+        "record_key": "string",  # events.event_id or profile_slices.record_key
+        "kind": "string",  # event | slice | match | manual
+        "node_id": "int64",
+        "ts": TS,
+        "removed": "boolean",  # a person took this link away (split); kept for history
+    }
+)
+
+#: What happened and why: merges, splits, refused links, blocks (the explanation of a person).
+IDENTITY_HISTORY = ibis.schema(
+    {
+        "at": TS,
+        "action": "string",  # merge | split | reject | block | rebuild | erase
+        "person_id": "int64",  # the survivor / the person concerned
+        "other_id": "int64",  # merged-away or split-off person
+        "node_id": "int64",  # the identifier that linked (or was refused)
+        "seq": "int64",  # the record that caused it
+        "source": "string",
+        "record_key": "string",
+        "reason": "string",
+    }
+)
+
 #: Small key/value state, e.g. the log offset the loader has reached.
 STATE = ibis.schema({"key": "string", "value": "string"})
 
@@ -66,6 +112,9 @@ TABLES: dict[str, sch.Schema] = {
     "profile_slices": PROFILE_SLICES,
     "items": ITEMS,
     "warehouse_state": STATE,
+    "identity_nodes": IDENTITY_NODES,
+    "identity_links": IDENTITY_LINKS,
+    "identity_history": IDENTITY_HISTORY,
 }
 
 #: Tracking-plan data types -> warehouse column types.

@@ -110,6 +110,12 @@ class Warehouse:
             for name, schema in layout.TABLES.items():
                 if name not in existing:
                     con.create_table(name, schema=schema)
+                    continue
+                have = set(con.table(name).columns)
+                for column, dtype in schema.items():  # a newer layout on an older file
+                    if column not in have:
+                        type_sql = DuckDBType.to_string(dtype)
+                        con.raw_sql(f'ALTER TABLE "{name}" ADD COLUMN "{column}" {type_sql}')
             self._ready = True
 
     # -- declared event properties as typed columns --------------------------------------

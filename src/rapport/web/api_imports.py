@@ -109,8 +109,9 @@ class LoaderStatus(BaseModel):
 
 
 def _load_once(app: FastAPI) -> int:
-    ws = app.state.ws
-    return int(ws.warehouse.load_from_log(ws.log, wait=1.0))
+    from rapport.stream.follow import one_pass
+
+    return one_pass(app.state.ws)
 
 
 async def _loader(app: FastAPI, stopping: asyncio.Event) -> None:

@@ -1,0 +1,169 @@
+"""``rapport identity ...``: resolve, rebuild, evaluate, and edit the identity rules."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rapport.workspace import Workspace
+
+cli = typer.Typer(no_args_is_help=True, help="OneID: identity resolution.")
+console = Console()
+
+
+def _ws() -> Workspace:
+    ws = Workspace()
+    ws.init()
+    return ws
+
+
+@cli.command("resolve")
+def resolve_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Resolve every record still waiting for a person (the server does this continuously)."""
+    from rapport.identity.resolve import resolve_pending
+
+    ws = _ws()
+    started = time.perf_counter()
+    with console.status("resolving identities…", spinner="dots"):
+        report = resolve_pending(ws)
+    out = report.__dict__ | {"seconds": round(time.perf_counter() - started, 2)}
+    typer.echo(json.dumps(out) if as_json else _kv(out))
+
+
+@cli.command("rebuild")
+def rebuild_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Recompute every person from the link log with today's rules."""
+    from rapport.identity.resolve import full_rebuild
+
+    ws = _ws()
+    started = time.perf_counter()
+    with console.status("rebuilding persons from the link log…", spinner="dots"):
+        out = full_rebuild(ws)
+    out |= {"seconds": round(time.perf_counter() - started, 2)}
+    typer.echo(json.dumps(out) if as_json else _kv(out))
+
+
+@cli.command("detect-shared")
+def detect_shared(
+    dry_run: bool = typer.Option(False, help="Only list what would be blocked."),
+) -> None:
+    """Find shared values (household devices, test numbers) by degree and block them."""
+    from rapport.identity.shared import block_shared, find_shared
+
+    ws = _ws()
+    found = find_shared(ws) if dry_run else block_shared(ws)
+    for v in found:
+        typer.echo(f"{v.id_type}\t{v.value}\t{v.persons} persons")
+    typer.echo(f"{len(found)} shared value(s) {'found' if dry_run else 'blocked'}")
+
+
+@cli.command("evaluate")
+def evaluate_cmd(
+    truth: Path = typer.Option(None, help="Ground truth Parquet (default: the demo's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Pairwise precision and recall of the persons against a ground truth."""
+    from rapport.identity.evaluate import evaluate
+
+    ws = _ws()
+    path = truth or ws.settings.home / "demo" / "ground_truth.parquet"
+    try:
+        out = evaluate(ws, path)
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(out) if as_json else _kv(out))
+
+
+@cli.command("lookup")
+def lookup_cmd(id_type: str, value: str) -> None:
+    """Print the person id holding an identifier value (exit 1 when none)."""
+    from rapport.identity.config import ConfigError
+    from rapport.identity.resolve import lookup
+    from rapport.ingest.normalize import InvalidValue
+
+    try:
+        person = lookup(_ws(), id_type, value)
+    except (ConfigError, InvalidValue) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if person is None:
+        typer.echo("not found", err=True)
+        raise typer.Exit(1)
+    typer.echo(person)
+
+
+@cli.command("types")
+def types_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """The identifier types with their priority, limit and paths."""
+    from rapport.identity.config import load
+
+    conf = load(_ws().db)
+    rows = sorted(conf.types, key=lambda t: -t.priority)
+    if as_json:
+        typer.echo(json.dumps([t.as_dict() for t in rows]))
+        return
+    table = Table("type", "priority", "limit", "merge", "normaliser", "shared after", "paths")
+    for t in rows:
+        table.add_row(
+            t.name,
+            str(t.priority),
+            str(t.max_per_person or "-"),
+            "yes" if t.merge else "no",
+            t.normaliser,
+            str(t.shared_after or "-"),
+            ", ".join(t.paths),
+        )
+    console.print(table)
+
+
+@cli.command("block")
+def block_cmd(
+    value: str = typer.Argument(None, help="An exact (normalised) value."),
+    id_type: str = typer.Option(None, "--type", help="Only for this type (default: all)."),
+    pattern: str = typer.Option(None, help="A regular expression instead of a value."),
+    reason: str = typer.Option(..., help="Why (shown in the history)."),
+) -> None:
+    """Block a value so it never links anyone; persons it had merged are split."""
+    from rapport.identity.config import ConfigError, add_block
+    from rapport.identity.resolve import recompute
+
+    ws = _ws()
+    try:
+        block_id = add_block(
+            ws.db, id_type=id_type, value=value, pattern=pattern, reason=reason, actor="cli"
+        )
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    nodes = _matching_nodes(ws, id_type, value, pattern)
+    if nodes:
+        recompute(ws, nodes=nodes, reason=f"blocked: {reason}")
+    typer.echo(f"block {block_id} added; {len(nodes)} known value(s) detached")
+
+
+def _matching_nodes(
+    ws: Workspace, id_type: str | None, value: str | None, pattern: str | None
+) -> list[int]:
+    import re
+
+    with ws.warehouse.connect() as con:
+        nodes = con.table("identity_nodes")
+        if id_type:
+            nodes = nodes.filter(nodes.id_type == id_type)
+        if value is not None:
+            nodes = nodes.filter(nodes.value == value)
+        rows = nodes.select("node_id", "value").to_pyarrow().to_pylist()
+    if pattern is not None:
+        rx = re.compile(pattern)
+        rows = [r for r in rows if rx.search(r["value"])]
+    return [r["node_id"] for r in rows]
+
+
+def _kv(out: dict) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in out.items())
