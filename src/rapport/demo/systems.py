@@ -41,6 +41,8 @@ MEMBER_COLUMNS = [
 ]  # fmt: skip
 TICKET_COLUMNS = ["ticket_id", "email", "phone", "topic", "channel", "created_at"]
 TRACKING_SOURCES = ("app", "web", "server")
+#: chance that a web visit from a browser not yet signed in signs in (then the SDK remembers)
+WEB_SIGN_IN = 0.75
 
 
 @dataclass
@@ -96,6 +98,8 @@ class _Tracker:
     def __init__(self, rng: random.Random, person: Person, chunk: Chunk) -> None:
         self.rng, self.p, self.chunk = rng, person, chunk
         self.emitted = 0
+        #: the user id each device's SDK remembers after a login (Segment SDKs persist it)
+        self.signed_in: dict[str, str] = {}
 
     def _message_id(self) -> str:
         return f"{self.rng.getrandbits(128):032x}"
@@ -111,7 +115,7 @@ class _Tracker:
 
         Anonymous until a ``login`` step; every later message carries that user id.
         """
-        rng, user_id = self.rng, None
+        rng, user_id = self.rng, self.signed_in.get(device)
         if platform == "app":
             os_name = "android" if device[0] < "8" else "ios"
             context: dict[str, Any] = {
@@ -127,7 +131,7 @@ class _Tracker:
         for kind, event, props, extra in plan:
             t += rng.uniform(5, 90)
             if kind == "login":
-                user_id = event
+                user_id = self.signed_in[device] = event
                 continue
             message: dict[str, Any] = {"type": kind, "anonymousId": device, "timestamp": _iso(t)}
             if user_id:
@@ -213,9 +217,12 @@ class PersonRecords:
     def _login(self, platform: str) -> list[tuple]:
         """Log in, then the SDK's identify call linking the device to the member and mobile."""
         user_id = self._user_id()
-        if user_id is None:
-            return []
         traits: dict[str, Any] = {"mobile": mess.mobile_variant(self.rng, self.p.mobile)}
+        if user_id is None:  # no member account: sign-in with the phone number (SMS code)
+            sign_in = {"method": "mobile", "channel": platform}
+            return [("login", "", {}, None), ("track", "login", sign_in, None)] + [
+                ("identify", None, traits, None)
+            ]
         if self.rng.random() < 0.5:
             traits["email"] = self.p.email
         method = self.rng.choice(["mobile", "mobile", "email", "wechat", "alipay"])
@@ -334,6 +341,7 @@ class PersonRecords:
                 return
             plan: list[tuple] = []
             t = self._when(TRACKING_DAYS)
+            device = self._device(platform)
             if first and registered >= window:  # joined during the window: the sign-up visit
                 t, user_id = registered, p.member_ids[0]
                 traits = {"mobile": mess.mobile_variant(rng, p.mobile), "email": p.email}
@@ -342,7 +350,9 @@ class PersonRecords:
                     ("track", "register", {"method": "mobile", "channel": platform}, None),
                     ("identify", None, traits, None),
                 ]
-            elif rng.random() < 0.5:
+            elif device not in self.tracker.signed_in and (
+                platform == "app" or rng.random() < WEB_SIGN_IN
+            ):  # people sign in on a new phone at first launch; on the web, most visits
                 plan += self._login(platform)
             first = False
             if rng.random() < 0.4:
@@ -357,7 +367,7 @@ class PersonRecords:
                 plan.append(_view(rng, product, keen, platform))
                 if rng.random() < 0.12:
                     plan.append(_cart(product, platform))
-            self.tracker.session(t, platform, self._device(platform), plan)
+            self.tracker.session(t, platform, device, plan)
 
     def tickets(self) -> None:
         rng, p = self.rng, self.p
