@@ -220,3 +220,48 @@ def test_link_persons_and_shared_detection(workspace):
 def test_lookup_unknown_type_is_a_clear_error(workspace, bad):
     with pytest.raises(cfg.ConfigError, match="unknown identifier type"):
         lookup(workspace, bad, "x")
+
+
+def test_incremental_passes_equal_a_full_rebuild(tmp_path):
+    """Property: however records arrive (in several passes, with limits biting and blocked
+    values), a full rebuild from the link log gives the same person for every record."""
+    from dataclasses import replace as dc_replace
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from rapport.settings import Settings
+    from rapport.workspace import Workspace
+
+    ident = st.tuples(
+        st.sampled_from(["u1", "u2", "u3", "u4", None]),
+        st.sampled_from(["a1", "a2", "a3", "0000", None]),
+        st.sampled_from(["13800139001", "13800139002", "13800138000", None]),
+        st.sampled_from(["d1", "d2", None]),
+    )
+    runs = iter(range(10_000))
+
+    @settings(
+        max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
+    )
+    @given(st.lists(st.lists(ident, min_size=1, max_size=5), min_size=1, max_size=3))
+    def check(passes):
+        home = tmp_path / f"w{next(runs)}"
+        ws = Workspace(Settings(home=home))
+        ws.init()
+        mobile = cfg.load(ws.db).type("mobile")
+        cfg.save_type(ws.db, dc_replace(mobile, max_per_person=1))
+        n = 0
+        for batch in passes:
+            records = []
+            for user, anon, phone, device in batch:
+                n += 1
+                traits = {"mobile": phone} if phone else None
+                records.append(_event(n, user=user, anon=anon, traits=traits, device=device))
+            _load(ws, records)
+        incremental = _persons(ws)
+        full_rebuild(ws)
+        assert _persons(ws) == incremental
+        ws.close()
+
+    check()
