@@ -146,6 +146,12 @@ def _pending(con: Backend, conf: cfg.IdentityConfig, limit: int) -> list[tuple[s
 
 
 # -- the per-process state ---------------------------------------------------------------------
+def _type_codes(conf: cfg.IdentityConfig, names: list[str]) -> np.ndarray:
+    """Type code per node; a type deleted since counts as the first type, and its values are
+    blocked (``_node_arrays``) so that they link nothing after a rebuild."""
+    return np.array([conf.index.get(t, 0) for t in names], dtype=np.int64)
+
+
 def _get_state(con: Backend, ws: Workspace, conf: cfg.IdentityConfig) -> _State:
     """The cached resolver, reloaded when the rules or the stored graph changed."""
     rules = tuple(conf.rules())
@@ -160,9 +166,7 @@ def _get_state(con: Backend, ws: Workspace, conf: cfg.IdentityConfig) -> _State:
         ids = arrow["node_id"].to_numpy()
         if ids[-1] != len(ids) - 1:
             raise RuntimeError("identity_nodes ids are not dense: run `rapport identity rebuild`")
-        types = np.array(
-            [conf.index.get(t, -1) for t in arrow["id_type"].to_pylist()], dtype=np.int64
-        )
+        types = _type_codes(conf, arrow["id_type"].to_pylist())
         state.resolver.ensure_nodes(types)
         person = arrow["person_id"].fill_null(-1).to_numpy()
         state.resolver.load(person.astype(np.int64))
@@ -407,14 +411,26 @@ def _set_persons(con: Backend, kind: str, rows: Sequence[tuple[str, str, int]]) 
     con.drop_table("__identity_people", force=True)
 
 
-def _record_identifiers(row: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    scopes = {k.split("\x1f")[0]: v for k, v in row.items() if k.endswith("\x1fscope") and v}
-    for name, value in row.items():
-        if "\x1f" not in name or value is None or name.endswith("\x1fscope"):
-            continue
-        id_type = name.split("\x1f")[0]
-        scope = scopes.get(id_type)
-        yield id_type, f"{scope}:{value}" if scope else str(value)
+def _records(
+    table: pa.Table,
+) -> Iterator[tuple[str, str, datetime | None, list[tuple[str, str]]]]:
+    """(source, record key, time, [(type, raw value)]) per row, read column by column (Arrow
+    to Python row dicts would cost more than resolving)."""
+    names = table.column_names[3:]
+    types = [name.split("\x1f")[0] for name in names]
+    scoped = {t: i for i, (t, n) in enumerate(zip(types, names, strict=True)) if "scope" in n}
+    columns = [table[name].to_pylist() for name in names]
+    heads = (table[name].to_pylist() for name in ("source", "record_key", "ts"))
+    for i, (source, key, ts) in enumerate(zip(*heads, strict=True)):
+        ids = []
+        for j, column in enumerate(columns):
+            value = column[i]
+            if value is None or names[j].endswith("scope"):
+                continue
+            scope = scoped.get(types[j])
+            prefix = columns[scope][i] if scope is not None else None
+            ids.append((types[j], f"{prefix}:{value}" if prefix else str(value)))
+        yield source, key, ts, ids
 
 
 def resolve_pending(ws: Workspace, con: Backend | None = None, limit: int = BATCH) -> PassReport:
@@ -431,11 +447,8 @@ def resolve_pending(ws: Workspace, con: Backend | None = None, limit: int = BATC
             work = _Pass(ws, conf, state)
             try:
                 for kind, table in batches:
-                    for row in table.to_pylist():
-                        work.resolve(
-                            kind, row.pop("source"), row.pop("record_key"), row.pop("ts"),
-                            _record_identifiers(row),
-                        )  # fmt: skip
+                    for source, key, ts, ids in _records(table):
+                        work.resolve(kind, source, key, ts, ids)
                 with ws.warehouse.transaction(con):
                     work.flush(con)
                     _bump(ws, con, state)
@@ -518,7 +531,7 @@ def _node_arrays(con: Backend, conf: cfg.IdentityConfig) -> tuple[np.ndarray, np
     """Type index and blocked flag per node id, from the stored values and today's rules."""
     arrow = con.table("identity_nodes").order_by("node_id").select("id_type", "value")
     table = arrow.to_pyarrow()
-    types = np.array([conf.index.get(t, -1) for t in table["id_type"].to_pylist()], np.int64)
+    types = _type_codes(conf, table["id_type"].to_pylist())
     blocked = np.fromiter(
         (
             conf.blocked(t, v) is not None or t not in conf.index
