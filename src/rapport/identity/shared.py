@@ -54,7 +54,10 @@ def find_shared(ws: Workspace) -> list[SharedValue]:
         seq = links["seq"].to_numpy()
         node = links["node_id"].to_numpy()
         n = len(types)
-        for t in conf.types:
+        # strongest first, each type's finds blocked before the next: once a household device
+        # id is blocked, the same value as the SDK's anonymous id no longer holds the family
+        # together in the weaker type's view
+        for t in sorted(conf.types, key=lambda t: -t.priority):
             if t.shared_after is None:
                 continue
             index = conf.index[t.name]
@@ -84,6 +87,7 @@ def find_shared(ws: Workspace) -> list[SharedValue]:
             by_id = dict(con.execute(values).itertuples(index=False, name=None))
             for v, persons in found.itertuples(index=False, name=None):
                 out.append(SharedValue(int(v), t.name, by_id[int(v)], int(persons)))
+                blocked[int(v)] = True
     return out
 
 
