@@ -253,11 +253,13 @@ def resolve_identities(ws: Workspace) -> dict[str, Any]:
     """Stage 1 over everything loaded, then block the values shared by several persons."""
     from rapport.identity.resolve import resolve_pending
     from rapport.identity.shared import block_shared
+    from rapport.identity.survivorship import build_profiles
 
     configure_identity(ws)
     report = resolve_pending(ws)
     shared = block_shared(ws, actor="demo")
-    return report.__dict__ | {"shared_blocked": len(shared)}
+    profiles = build_profiles(ws)
+    return report.__dict__ | {"shared_blocked": len(shared), "profiles": profiles}
 
 
 def quarantine_counts(ws: Workspace) -> dict[str, int]:

@@ -31,7 +31,8 @@ def resolve_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     started = time.perf_counter()
     with console.status("resolving identities…", spinner="dots"):
         report = resolve_pending(ws)
-    out = report.__dict__ | {"seconds": round(time.perf_counter() - started, 2)}
+    out: dict[str, float] = dict(report.__dict__)
+    out["seconds"] = round(time.perf_counter() - started, 2)
     typer.echo(json.dumps(out) if as_json else _kv(out))
 
 
@@ -43,8 +44,8 @@ def rebuild_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON."
     ws = _ws()
     started = time.perf_counter()
     with console.status("rebuilding persons from the link log…", spinner="dots"):
-        out = full_rebuild(ws)
-    out |= {"seconds": round(time.perf_counter() - started, 2)}
+        out: dict[str, float] = dict(full_rebuild(ws))
+    out["seconds"] = round(time.perf_counter() - started, 2)
     typer.echo(json.dumps(out) if as_json else _kv(out))
 
 
@@ -60,6 +61,36 @@ def detect_shared(
     for v in found:
         typer.echo(f"{v.id_type}\t{v.value}\t{v.persons} persons")
     typer.echo(f"{len(found)} shared value(s) {'found' if dry_run else 'blocked'}")
+
+
+@cli.command("profiles")
+def profiles_cmd() -> None:
+    """Rebuild the merged profile of every person (table ``profiles``, survivorship rules)."""
+    from rapport.identity.survivorship import build_profiles
+
+    with console.status("merging per-source values…", spinner="dots"):
+        count = build_profiles(_ws())
+    typer.echo(f"{count:,} profiles")
+
+
+@cli.command("match")
+def match_cmd(
+    merge_threshold: float = typer.Option(0.99, help="Link pairs at or above this probability."),
+    review_threshold: float = typer.Option(0.8, help="Queue pairs from here for review."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Probabilistic matching (Splink): link sure look-alikes, queue likely ones for review."""
+    from rapport.identity.matching import run_matching
+
+    with console.status("scoring look-alike persons…", spinner="dots"):
+        try:
+            out = run_matching(
+                _ws(), merge_threshold=merge_threshold, review_threshold=review_threshold
+            )
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    typer.echo(json.dumps(out, default=str) if as_json else _kv(out))
 
 
 @cli.command("evaluate")

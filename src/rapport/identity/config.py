@@ -314,20 +314,13 @@ def add_block(
             re.compile(pattern)
         except re.error as exc:
             raise ConfigError(f"pattern: not a regular expression ({exc})") from None
+    row: dict[str, Any] = {"id_type": id_type, "value": value, "pattern": pattern}
+    row["reason"] = reason
+    row |= {"auto": auto, "created_at": _now(), "created_by": actor}
     with engine.begin() as conn:
-        return int(
-            conn.execute(
-                insert(identity_blocklist).values(
-                    id_type=id_type,
-                    value=value,
-                    pattern=pattern,
-                    reason=reason,
-                    auto=auto,
-                    created_at=_now(),
-                    created_by=actor,
-                )
-            ).inserted_primary_key[0]
-        )
+        key = conn.execute(insert(identity_blocklist).values(row)).inserted_primary_key
+    assert key is not None
+    return int(key[0])
 
 
 def remove_block(engine: Engine, block_id: int) -> BlockEntry | None:

@@ -68,7 +68,8 @@ class _State:
 
 
 _STATES: dict[Path, _State] = {}
-_LOCK = threading.Lock()
+#: held by every change of the graph in this process (other processes: DuckDB's file lock)
+GRAPH_LOCK = threading.Lock()
 
 
 # -- extraction: which identifiers a record carries -------------------------------------------
@@ -185,7 +186,7 @@ def _bump(ws: Workspace, con: Backend, state: _State) -> None:
 @contextmanager
 def _session(ws: Workspace, con: Backend | None = None) -> Iterator[Backend]:
     """The caller's connection or a new one; one identity operation per process at a time."""
-    with _LOCK:
+    with GRAPH_LOCK:
         if con is not None:
             yield con
             return
@@ -574,14 +575,13 @@ def _apply(
                 splits += 1
                 other = None if after < 0 else int(after)
                 history.append((now, action, int(before), other, None, None, None, None, reason))
+    moved = result.node_person[changed]
     update = pa.table(
         {
             "node_id": pa.array(changed, pa.int64()),
-            "person": pa.array(np.where(new_person[np.searchsorted(scope, changed)] < 0, None,
-                                        new_person[np.searchsorted(scope, changed)]).tolist(),
-                               pa.int64()),
+            "person": pa.array(moved, pa.int64(), mask=moved < 0),  # -1: blocked, no person
         }
-    )  # fmt: skip
+    )
     con.create_table("__identity_nodes_new", ibis.memtable(update), temp=True, overwrite=True)
     con.raw_sql(
         "UPDATE identity_nodes SET person_id = u.person FROM __identity_nodes_new u "

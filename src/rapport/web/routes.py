@@ -13,7 +13,9 @@ def mount(app: FastAPI) -> None:
     """
     from rapport.web import (
         api_events,
+        api_identity,
         api_imports,
+        api_persons,
         api_plan,
         api_quarantine,
         api_sources,
@@ -25,7 +27,7 @@ def mount(app: FastAPI) -> None:
     )
 
     modules = [health, assets, collector, api_sources, api_plan, api_imports]
-    modules += [api_events, api_quarantine, api_users, console]
+    modules += [api_events, api_quarantine, api_users, api_persons, api_identity, console]
     for module in modules:
         setup = getattr(module, "setup", None)
         if setup is not None:

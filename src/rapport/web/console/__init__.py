@@ -11,11 +11,21 @@ from urllib.parse import quote
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
-from rapport.web.console import events, login, overview, plan, quarantine, sources, users
+from rapport.web.console import (
+    events,
+    identity,
+    login,
+    overview,
+    persons,
+    plan,
+    quarantine,
+    sources,
+    users,
+)
 from rapport.web.console.pages import LoginRequired, PageForbidden, render
 
 router = APIRouter(include_in_schema=False)
-for _module in (login, overview, plan, sources, events, quarantine, users):
+for _module in (login, overview, plan, sources, events, quarantine, users, persons, identity):
     router.include_router(_module.router)
 
 

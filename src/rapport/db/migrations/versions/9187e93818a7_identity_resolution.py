@@ -8,7 +8,6 @@ Create Date: 2026-11-25 11:25:37.744630
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = "9187e93818a7"
 down_revision = "e173726ef977"
 branch_labels = None
