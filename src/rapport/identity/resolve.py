@@ -257,6 +257,7 @@ class _Pass:
                 self.records[kind].append((source, record_key, NOBODY))
             return None
         nodes, blocked = [], set()
+        before = self.state.resolver.node_count
         types = self.conf.types
         for (type_index, value), is_blocked in sorted(
             found.items(), key=lambda kv: (-types[kv[0][0]].priority, kv[0])
@@ -268,7 +269,10 @@ class _Pass:
             self.links.append((seq, source, record_key, kind, n, ts))
         outcome = self.state.resolver.resolve(nodes, blocked)
         for survivor, absorbed, via in outcome.merges:
+            if absorbed >= before:
+                continue  # an identifier first seen in this record joins: a link, not a merge
             self.absorbed.add(absorbed)
+            self.report.merges += 1
             self.history.append(
                 (
                     self.now,
@@ -286,7 +290,6 @@ class _Pass:
             self.history.append(
                 (self.now, "reject", outcome.person, person, node, seq, source, record_key, reason)
             )
-        self.report.merges += len(outcome.merges)
         self.report.rejected += len(outcome.rejected)
         self.report.blocked += len(outcome.blocked)
         if outcome.person is None:
