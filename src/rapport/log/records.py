@@ -12,8 +12,7 @@ FLAG_BAD_TIMESTAMP = 2
 FLAG_REPLAYED = 4
 
 
-import os as _os
-class LogRecord(msgspec.Struct, frozen=True, gc=not _os.environ.get("GCV", "").count("r")):
+class LogRecord(msgspec.Struct, frozen=True):
     source: str
     message_id: str
     type: str  # track | identify | page | screen | group | alias
