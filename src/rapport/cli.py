@@ -53,7 +53,7 @@ def serve(
     ws.init()
     follower = subprocess.Popen(
         [sys.executable, "-m", "rapport", "warehouse", "follow", "--parent", str(os.getpid())],
-        preexec_fn=lambda: os.nice(10),  # acknowledging events comes first
+        preexec_fn=_follower_setup,
     )
     try:
         uvicorn.run(
@@ -66,6 +66,20 @@ def serve(
     finally:
         follower.terminate()
         follower.wait(30)
+
+
+def _follower_setup() -> None:
+    """In the follower, before it runs: a lower CPU priority (acknowledging events comes
+    first), and on Linux a SIGTERM when ``serve`` dies. uvicorn re-raises the signal that
+    stopped it, so ``serve``'s own clean-up may never run; a pass then ends mid-transaction,
+    which DuckDB rolls back."""
+    os.nice(10)
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 @warehouse_app.command("follow")
