@@ -161,39 +161,18 @@ def block_cmd(
     reason: str = typer.Option(..., help="Why (shown in the history)."),
 ) -> None:
     """Block a value so it never links anyone; persons it had merged are split."""
-    from rapport.identity.config import ConfigError, add_block
-    from rapport.identity.resolve import recompute
+    from rapport.identity.config import ConfigError
+    from rapport.identity.resolve import block
+    from rapport.ingest.normalize import InvalidValue
 
-    ws = _ws()
     try:
-        block_id = add_block(
-            ws.db, id_type=id_type, value=value, pattern=pattern, reason=reason, actor="cli"
+        block_id, detached = block(
+            _ws(), id_type=id_type, value=value, pattern=pattern, reason=reason, actor="cli"
         )
-    except ConfigError as exc:
+    except (ConfigError, InvalidValue) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    nodes = _matching_nodes(ws, id_type, value, pattern)
-    if nodes:
-        recompute(ws, nodes=nodes, reason=f"blocked: {reason}")
-    typer.echo(f"block {block_id} added; {len(nodes)} known value(s) detached")
-
-
-def _matching_nodes(
-    ws: Workspace, id_type: str | None, value: str | None, pattern: str | None
-) -> list[int]:
-    import re
-
-    with ws.warehouse.connect() as con:
-        nodes = con.table("identity_nodes")
-        if id_type:
-            nodes = nodes.filter(nodes.id_type == id_type)
-        if value is not None:
-            nodes = nodes.filter(nodes.value == value)
-        rows = nodes.select("node_id", "value").to_pyarrow().to_pylist()
-    if pattern is not None:
-        rx = re.compile(pattern)
-        rows = [r for r in rows if rx.search(r["value"])]
-    return [r["node_id"] for r in rows]
+    typer.echo(f"block {block_id} added; {detached} known value(s) detached")
 
 
 def _kv(out: dict) -> str:

@@ -13,6 +13,7 @@ reloads the nodes. DuckDB lets one process write the file at a time, so passes n
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -682,3 +683,45 @@ def remove_identifier(ws: Workspace, node_id: int, actor: str, reason: str) -> d
         ws.db, id_type=found[0]["id_type"], value=found[0]["value"], actor=actor, reason=reason
     )
     return recompute(ws, nodes=[node_id], reason=f"identifier removed by {actor}: {reason}")
+
+
+def block(
+    ws: Workspace,
+    *,
+    reason: str,
+    actor: str,
+    id_type: str | None = None,
+    value: str | None = None,
+    pattern: str | None = None,
+) -> tuple[int, int]:
+    """Block a value (normalised for its type) or a pattern and detach the known values it
+    matches, splitting the persons they held together: (block id, values detached)."""
+    conf = cfg.load(ws.db)
+    if id_type is not None:
+        if conf.type(id_type) is None:
+            raise cfg.ConfigError(f"id_type: unknown identifier type {id_type!r}")
+        if value is not None:
+            value = conf.normalise(id_type, value)
+    block_id = cfg.add_block(
+        ws.db, reason=reason, actor=actor, id_type=id_type, value=value, pattern=pattern
+    )
+    nodes = _matching_nodes(ws, id_type, value, pattern)
+    if nodes:
+        recompute(ws, nodes=nodes, reason=f"blocked: {reason}")
+    return block_id, len(nodes)
+
+
+def _matching_nodes(
+    ws: Workspace, id_type: str | None, value: str | None, pattern: str | None
+) -> list[int]:
+    with ws.warehouse.connect() as con:
+        nodes = con.table("identity_nodes")
+        if id_type:
+            nodes = nodes.filter(nodes.id_type == id_type)
+        if value is not None:
+            nodes = nodes.filter(nodes.value == value)
+        rows = nodes.select("node_id", "value").to_pyarrow().to_pylist()
+    if pattern is not None:
+        rx = re.compile(pattern)
+        rows = [r for r in rows if r["value"] is not None and rx.search(r["value"])]
+    return [r["node_id"] for r in rows]

@@ -16,6 +16,7 @@ from rapport.accounts import Role, audit
 from rapport.catalog.pii import mask_value, pii_fields
 from rapport.identity import config as cfg
 from rapport.identity import matching
+from rapport.identity.resolve import block
 from rapport.ingest.normalize import InvalidValue
 from rapport.web.auth import Principal, require
 
@@ -103,53 +104,21 @@ def blocklist(db: Any, sees_pii: bool) -> list[dict[str, Any]]:
 
 def add_block(ws: Any, body: BlockIn, actor: str) -> dict[str, Any]:
     """Store the entry and detach the known values it matches (their persons are split)."""
-    conf = cfg.load(ws.db)
-    value = body.value
-    if body.id_type is not None:
-        if conf.type(body.id_type) is None:
-            raise HTTPException(422, f"id_type: unknown identifier type {body.id_type!r}")
-        if value is not None:
-            try:
-                value = conf.normalise(body.id_type, value)
-            except InvalidValue as exc:
-                raise HTTPException(422, f"value: {exc}") from None
     try:
-        block_id = cfg.add_block(
-            ws.db,
+        block_id, detached = block(
+            ws,
             reason=body.reason.strip(),
             actor=actor,
             id_type=body.id_type,
-            value=value,
+            value=body.value,
             pattern=body.pattern,
         )
     except cfg.ConfigError as exc:
         raise HTTPException(422, str(exc)) from None
-    nodes = matching_nodes(ws, body.id_type, value, body.pattern)
-    if nodes:
-        from rapport.identity.resolve import recompute
-
-        recompute(ws, nodes=nodes, reason=f"blocked: {body.reason.strip()}")
+    except InvalidValue as exc:
+        raise HTTPException(422, f"value: {exc}") from None
     entry = next(b for b in cfg.load(ws.db).blocklist if b.id == block_id)
-    return entry.as_dict() | {"detached": len(nodes)}
-
-
-def matching_nodes(
-    ws: Any, id_type: str | None, value: str | None, pattern: str | None
-) -> list[int]:
-    """Known identifier values (node ids) an entry blocks."""
-    import re
-
-    with ws.warehouse.connect() as con:
-        nodes = con.table("identity_nodes")
-        if id_type:
-            nodes = nodes.filter(nodes.id_type == id_type)
-        if value is not None:
-            nodes = nodes.filter(nodes.value == value)
-        rows = nodes.select("node_id", "value").to_pyarrow().to_pylist()
-    if pattern is not None:
-        rx = re.compile(pattern)
-        rows = [r for r in rows if rx.search(r["value"])]
-    return [r["node_id"] for r in rows]
+    return entry.as_dict() | {"detached": detached}
 
 
 @router.get("/blocklist")

@@ -3,32 +3,18 @@ and a live tail of the event log that HTMX polls."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
 from rapport.ingest.sources import list_sources
 from rapport.web.auth import Principal
 from rapport.web.console import data
-from rapport.web.console.pages import Pager, page, render
+from rapport.web.console.pages import Pager, form_time, page, render
 
 router = APIRouter(include_in_schema=False)
-
-
-def _when(field: str, raw: str | None) -> datetime | None:
-    """A ``datetime-local`` form value (read as UTC) or ISO-8601 text."""
-    if not raw:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(
-            422, f"{field}: {raw!r} is not a date-time (YYYY-MM-DDTHH:MM)"
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _explore(ws: Any, request: Request, pager: Pager) -> dict[str, Any]:
@@ -36,8 +22,8 @@ def _explore(ws: Any, request: Request, pager: Pager) -> dict[str, Any]:
     filters: dict[str, Any] = {
         "event": params.get("event") or None,
         "source": params.get("source") or None,
-        "since": _when("from", params.get("from")),
-        "until": _when("to", params.get("to")),
+        "since": form_time("from", params.get("from")),
+        "until": form_time("to", params.get("to")),
     }
     rows, total = data.events(ws, limit=pager.per_page, offset=pager.offset, **filters)
     return {

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import pass_context
@@ -207,3 +207,16 @@ class Pager:
 
     def link(self, page: int) -> str:
         return "?" + urlencode({**self.query, "page": page})
+
+
+def form_time(field: str, raw: str | None) -> datetime | None:
+    """A ``datetime-local`` form value (read as UTC) or ISO-8601 text."""
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise HTTPException(
+            422, f"{field}: {raw!r} is not a date-time (YYYY-MM-DDTHH:MM)"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -9,7 +9,6 @@ confirmation step). Other roles see identifier values masked.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
@@ -26,7 +25,7 @@ from rapport.warehouse import WarehouseBusy
 from rapport.web import api_persons
 from rapport.web.auth import Principal, require
 from rapport.web.console import data
-from rapport.web.console.pages import Pager, flash, page, render
+from rapport.web.console.pages import Pager, flash, form_time, page, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -128,19 +127,6 @@ async def lookup(
 
 
 # -- the 360° page ----------------------------------------------------------------------------
-def _moment(field: str, raw: str | None) -> datetime | None:
-    """A ``datetime-local`` value (read as UTC) or ISO-8601 text."""
-    if not raw:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(
-            422, f"{field}: {raw!r} is not a date-time (YYYY-MM-DDTHH:MM)"
-        ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _timeline(
     ws: Any, person_id: int, request: Request, principal: Principal, pager: Pager
 ) -> dict[str, Any]:
@@ -150,8 +136,8 @@ def _timeline(
         person_id,
         event=params.get("event") or None,
         source=params.get("source") or None,
-        start=_moment("from", params.get("from")),
-        end=_moment("to", params.get("to")),
+        start=form_time("from", params.get("from")),
+        end=form_time("to", params.get("to")),
         limit=pager.per_page,
         offset=pager.offset,
         wait=data.WAIT_S,
