@@ -265,3 +265,41 @@ def test_incremental_passes_equal_a_full_rebuild(tmp_path):
         ws.close()
 
     check()
+
+
+def test_detaching_an_identifier_over_the_api_splits_and_is_audited(workspace, admin_headers):
+    from fastapi.testclient import TestClient
+
+    from rapport.web.app import create_app
+
+    _load(
+        workspace,
+        [
+            _event(1, user="u1", anon="tablet"),
+            _event(2, user="u2", anon="phone"),
+            _event(3, user="u2", anon="tablet"),
+        ],
+    )
+    person = _persons(workspace)["m1"]
+    with workspace.warehouse.connect() as con:
+        nodes = con.table("identity_nodes")
+        tablet = nodes.filter(nodes.value == "tablet").node_id.to_pyarrow().to_pylist()[0]
+    app = create_app(workspace=workspace)
+    with TestClient(app) as client:
+        url = f"/api/persons/{person}/identifiers/{tablet}"
+        assert client.delete(url, headers=admin_headers).status_code == 422  # reason needed
+        r = client.delete(url, params={"reason": "family tablet"}, headers=admin_headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["splits"] >= 1
+        again = client.delete(url, params={"reason": "again"}, headers=admin_headers)
+        assert again.status_code == 404 and "does not belong" in again.json()["detail"]
+    persons = _persons(workspace)
+    assert persons["m1"] != persons["m2"] == persons["m3"]
+    assert lookup(workspace, "anonymous_id", "tablet") is None  # blocked from now on
+    from sqlalchemy import select
+
+    from rapport.db.tables import audit_log
+
+    with workspace.db.connect() as conn:
+        actions = [r.action for r in conn.execute(select(audit_log))]
+    assert "person.detach" in actions

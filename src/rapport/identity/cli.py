@@ -175,5 +175,37 @@ def block_cmd(
     typer.echo(f"block {block_id} added; {detached} known value(s) detached")
 
 
+@cli.command("detach")
+def detach_cmd(
+    node_id: int = typer.Argument(..., help="The identifier's node id (see the 360° page)."),
+    reason: str = typer.Option(..., help="Why (kept in the history)."),
+) -> None:
+    """Take an identifier away from its person: blocked, and the person recomputed (split)."""
+    from rapport.identity.resolve import remove_identifier
+
+    try:
+        out = remove_identifier(_ws(), node_id, actor="cli", reason=reason)
+    except LookupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(_kv(out))
+
+
+@cli.command("unlink")
+def unlink_cmd(
+    seq: int = typer.Argument(..., help="The record's sequence number in the link log."),
+    node_id: int = typer.Argument(..., help="The identifier's node id."),
+) -> None:
+    """Remove one record's link to an identifier; the person splits if the link held it."""
+    from rapport.identity.resolve import remove_link
+
+    try:
+        out = remove_link(_ws(), seq, node_id, actor="cli")
+    except LookupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(_kv(out))
+
+
 def _kv(out: dict) -> str:
     return "\n".join(f"{k}: {v}" for k, v in out.items())

@@ -671,14 +671,19 @@ def remove_link(ws: Workspace, seq: int, node_id: int, actor: str) -> dict[str, 
     return recompute(ws, nodes=[node_id], reason=f"link {seq}->{node_id} removed by {actor}")
 
 
-def remove_identifier(ws: Workspace, node_id: int, actor: str, reason: str) -> dict[str, int]:
-    """Detach an identifier value from everyone: it is blocked, its person recomputed."""
+def remove_identifier(
+    ws: Workspace, node_id: int, actor: str, reason: str, person_id: int | None = None
+) -> dict[str, int]:
+    """Detach an identifier value from everyone: it is blocked, its person recomputed (the
+    parts it held together split). With ``person_id``, only if it belongs to that person."""
     with ws.warehouse.connect() as con:
         nodes = con.table("identity_nodes")
-        rows = nodes.filter(nodes.node_id == node_id).select("id_type", "value")
+        rows = nodes.filter(nodes.node_id == node_id).select("id_type", "value", "person_id")
         found = rows.to_pyarrow().to_pylist()
-    if not found:
+    if not found or found[0]["value"] is None:
         raise LookupError(f"no identifier {node_id}")
+    if person_id is not None and found[0]["person_id"] != person_id:
+        raise LookupError(f"identifier {node_id} does not belong to person {person_id}")
     cfg.add_block(
         ws.db, id_type=found[0]["id_type"], value=found[0]["value"], actor=actor, reason=reason
     )

@@ -184,6 +184,35 @@ def export(
     )
 
 
+@router.delete("/{person_id}/identifiers/{node_id}")
+def detach(
+    person_id: int,
+    node_id: int,
+    request: Request,
+    reason: str = Query(..., min_length=3, description="why (kept in the history)"),
+    who: Principal = Depends(require(Role.admin)),
+) -> dict[str, Any]:
+    """Take an identifier away from the person: the value is blocked (it links nobody from
+    now on) and the person is recomputed; what it alone held together splits off."""
+    return detach_or_explain(request.app.state.ws, person_id, node_id, who.name, reason)
+
+
+def detach_or_explain(
+    ws: Any, person_id: int, node_id: int, actor: str, reason: str
+) -> dict[str, Any]:
+    """``resolve.remove_identifier`` with its failures as HTTP errors (shared with the console)."""
+    from rapport.identity.resolve import remove_identifier
+
+    try:
+        out = remove_identifier(ws, node_id, actor, reason, person_id=person_id)
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from None
+    except WarehouseBusy as exc:
+        raise busy(exc) from None
+    audit(ws.db, actor, "person.detach", str(person_id), node_id=node_id, reason=reason)
+    return {"person_id": person_id, "node_id": node_id, **out}
+
+
 @router.delete("/{person_id}")
 def erase(
     person_id: int, request: Request, who: Principal = Depends(require(Role.admin))

@@ -267,6 +267,36 @@ async def timeline(
     return render(request, "persons/_timeline.html", timeline=found)
 
 
+@router.post("/persons/{person_id}/identifiers/{node_id}/detach")
+async def detach(
+    person_id: int,
+    node_id: int,
+    request: Request,
+    reason: str = Form(""),
+    who: Principal = Depends(require(Role.admin)),
+) -> Response:
+    """Detach an identifier (blocked from now on); the person splits if it held parts together."""
+    if len(reason.strip()) < 3:
+        raise HTTPException(422, "reason: say why the identifier is taken away (kept in history)")
+    out = await run_in_threadpool(
+        api_persons.detach_or_explain,
+        request.app.state.ws,
+        person_id,
+        node_id,
+        who.name,
+        reason.strip(),
+    )
+    flash(
+        request,
+        f"Identifier #{node_id} detached and blocked; {out['splits']} part(s) split off, "
+        f"{out['records']} records re-resolved.",
+    )
+    target = f"/persons/{person_id}"
+    if request.headers.get("hx-request") == "true":
+        return Response(status_code=200, headers={"HX-Redirect": target})
+    return RedirectResponse(target, status_code=303)
+
+
 @router.post("/persons/{person_id}/erase")
 async def erase(
     person_id: int,
