@@ -245,3 +245,54 @@ match_candidates = Table(
     Column("decided_at", DateTime(timezone=True)),
     UniqueConstraint("person_a", "person_b", name="uq_match_candidates_pair"),
 )
+
+
+# -- tags, segments, audiences (issue 4) -----------------------------------------------------
+tags = Table(
+    "tags",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("kind", String(12), nullable=False),  # attribute | statistical | rule | mined
+    Column("description", Text, nullable=False, default=""),
+    Column("owner", String(100), nullable=False, default=""),
+    Column("value_type", String(10), nullable=False, default="string"),  # string|number|...
+    Column("multi", Boolean, nullable=False, default=False),  # several values per person
+    Column("schedule", String(50)),  # refresh schedule: "daily", "hourly", cron text, or NULL
+    #: kind-specific definition: rule -> {"condition": {...}, "value": ...}; attribute ->
+    #: {"field", "bands"}; statistical -> {"event", "agg", "property", "window_days"}; mined ->
+    #: {"model": "rfm" | "kmeans" | "churn" | "category_preference", ...}
+    Column("definition", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+tag_runs = Table(
+    "tag_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tag_id", Integer, ForeignKey("tags.id", ondelete="CASCADE"), nullable=False),
+    Column("status", String(12), nullable=False),  # running | done | failed
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("persons", Integer),  # persons with a value
+    Column("distribution", JSON),  # {value: persons}, top values
+    Column("detail", JSON),  # e.g. a model's AUC, cluster profiles
+    Column("error", Text),
+)
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    #: audience (one condition) | segmentation (buckets: [{"name", "condition"}]) | lifecycle
+    Column("kind", String(12), nullable=False),
+    Column("mode", String(8), nullable=False, default="dynamic"),  # dynamic | static
+    Column("description", Text, nullable=False, default=""),
+    Column("definition", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("refreshed_at", DateTime(timezone=True)),
+    Column("size", Integer),
+)

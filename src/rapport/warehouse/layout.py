@@ -104,6 +104,29 @@ IDENTITY_HISTORY = ibis.schema(
     }
 )
 
+# -- tags and segments (rapport.tags, rapport.segments) -----------------------------------------
+#: Current tag values, one row per (person, tag, value): a tag may hold several values.
+TAG_VALUES = ibis.schema(
+    {"person_key": "int64", "tag": "string", "value": "string", "run_id": "int64"}
+)
+#: Every value a person ever had, with the runs it was valid for (history per person).
+TAG_HISTORY = ibis.schema(
+    {
+        "person_key": "int64",
+        "tag": "string",
+        "value": "string",
+        "from_run": "int64",
+        "to_run": "int64",  # NULL while current
+        "valid_from": TS,
+        "valid_to": TS,
+    }
+)
+#: Current members of audiences (bucket NULL) and of segmentation buckets / lifecycle stages.
+SEGMENT_MEMBERS = ibis.schema({"segment": "string", "bucket": "string", "person_key": "int64"})
+#: Daily per-person rollups: ``n`` events and the sums of declared numeric properties
+#: (``sum_<property>`` columns, added as the plan declares them).
+PERSON_DAILY = ibis.schema({"person_key": "int64", "day": "date", "event": "string", "n": "int64"})
+
 #: Small key/value state, e.g. the log offset the loader has reached.
 STATE = ibis.schema({"key": "string", "value": "string"})
 
@@ -115,6 +138,10 @@ TABLES: dict[str, sch.Schema] = {
     "identity_nodes": IDENTITY_NODES,
     "identity_links": IDENTITY_LINKS,
     "identity_history": IDENTITY_HISTORY,
+    "tag_values": TAG_VALUES,
+    "tag_history": TAG_HISTORY,
+    "segment_members": SEGMENT_MEMBERS,
+    "person_daily": PERSON_DAILY,
 }
 
 #: Tracking-plan data types -> warehouse column types.
