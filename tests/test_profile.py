@@ -247,12 +247,10 @@ def test_person_view(world, client, admin_headers):
     assert by_source == {"app": 9, "shop": 4, "crm": 1}
     assert view["first_seen"].startswith("2026-03-01T09:00")
     assert view["last_seen"].startswith("2026-03-11T09:00")
-    assert view["tags"] == [] and view["segments"] == [] and view["lifecycle"] is None
-    assert "later release" in view["later"]
+    assert view["tags"] == {} and view["segments"] == {} and view["lifecycle"] is None
 
 
 def test_merged_attributes_come_from_survivorship(world, client, admin_headers):
-    pytest.importorskip("rapport.identity.survivorship")
     view = client.get(f"/api/persons/{LI}", headers=admin_headers).json()
     attributes = view["attributes"]
     assert attributes["name"]["value"] == "李伟" and attributes["name"]["source"] == "crm"
@@ -508,7 +506,7 @@ def test_profile_page_as_admin(world, client):
     for section in ("identities-table", "history-table", "slices-table", "timeline-table"):
         assert f'id="{section}"' in html
     assert MOBILE in html and 'id="identity-graph"' in html and "&#34;graph&#34;" in html
-    assert html.count("computed in a later release") == 3
+    assert "not computed yet" in html and "in no audience or segmentation" in html
     assert f'href="/api/persons/{LI}/export"' in html and "Erase person" in html
     assert html.count('class="expandable"') == 10  # the first page of the timeline
     moved = client.get(f"/persons/{OLD}?event=order_paid", follow_redirects=False)
@@ -578,3 +576,37 @@ def test_console_erasure_is_for_admins(world, client):
     refused = client.post(f"/persons/{LI}/erase", data={"confirm": str(LI)}, headers=headers)
     assert refused.status_code == 403
     assert _sql(world, "SELECT count(*) AS n FROM events WHERE person_key = 0")[0]["n"] == 14
+
+
+def test_profile_shows_tags_segments_and_lifecycle(world, client, admin_headers):
+    import ibis
+
+    from rapport.identity import profile
+
+    workspace = client.app.state.ws  # type: ignore[attr-defined]
+    with workspace.warehouse.connect() as con:
+        con.insert(
+            "tag_values",
+            ibis.memtable(
+                {
+                    "person_key": [LI, LI, LI],
+                    "tag": ["high_net_worth", "prefers_category", "prefers_category"],
+                    "value": ["yes", "fridge", "hotel"],
+                    "run_id": [1, 2, 2],
+                }
+            ),
+        )
+        con.insert(
+            "segment_members",
+            ibis.memtable(
+                {
+                    "segment": ["vip", "lifecycle"],
+                    "bucket": [None, "retained"],
+                    "person_key": [LI, LI],
+                },
+                schema={"segment": "string", "bucket": "string", "person_key": "int64"},
+            ),
+        )
+    view = profile.person_view(workspace, LI)
+    assert view["tags"] == {"high_net_worth": ["yes"], "prefers_category": ["fridge", "hotel"]}
+    assert view["segments"] == {"vip": None} and view["lifecycle"] == "retained"

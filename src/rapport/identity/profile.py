@@ -36,7 +36,6 @@ VIEW_LIMIT = 200
 GRAPH_EDGES = 500
 #: survivorship's table of merged values, one row per person (``build_profiles``)
 PROFILES = "profiles"
-LATER = "Tags, segments and the lifecycle stage are computed in a later release."
 #: what a timeline row carries (the typed ``prop_*`` columns repeat ``properties``)
 EVENT_COLUMNS = (
     "event_id",
@@ -151,6 +150,7 @@ def person_view(ws: Any, person_id: int, *, wait: float = 30.0) -> dict[str, Any
         activity = _activity(con, person_id)
         graph = _graph(con, person_id, nodes)
         merged = merged_attributes(con, ws.db, person_id)
+        labels = _labels(con, person_id)
     order = _type_priorities(ws.db)
     identities: dict[str, list[dict[str, Any]]] = {}
     for node in sorted(nodes, key=lambda n: (-order.get(n["id_type"], 0), n["id_type"])):
@@ -172,11 +172,23 @@ def person_view(ws: Any, person_id: int, *, wait: float = 30.0) -> dict[str, Any
         "attributes_note": merged.get("note"),
         "slices": slices,
         "events": activity,
-        "tags": [],
-        "segments": [],
-        "lifecycle": None,
-        "later": LATER,
+        **labels,
     }
+
+
+def _labels(con: Backend, person_id: int) -> dict[str, Any]:
+    """The person's current tags ({tag: [values]}), audiences and segmentation buckets
+    ({segment: bucket or None}) and lifecycle stage, from the last computations."""
+    tags: dict[str, list[str]] = {}
+    values = con.table("tag_values")
+    rows = values.filter(values.person_key == person_id).select("tag", "value")
+    for r in rows.order_by(["tag", "value"]).to_pyarrow().to_pylist():
+        tags.setdefault(r["tag"], []).append(r["value"])
+    members = con.table("segment_members")
+    rows = members.filter(members.person_key == person_id).select("segment", "bucket")
+    found = rows.order_by("segment").to_pyarrow().to_pylist()
+    segments = {r["segment"]: r["bucket"] for r in found}
+    return {"tags": tags, "segments": segments, "lifecycle": segments.pop("lifecycle", None)}
 
 
 def _nodes(con: Backend, person_id: int) -> list[dict[str, Any]]:
