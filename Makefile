@@ -35,6 +35,7 @@ lint: $(VENV)/.synced
 
 test: install browser lint
 	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m spark tests/test_conditions_spark.py  # the compilers on PySpark (~3 min)
 
 bench: install
 	$(VENV)/bin/pytest -m bench -s bench

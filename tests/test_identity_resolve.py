@@ -303,3 +303,22 @@ def test_detaching_an_identifier_over_the_api_splits_and_is_audited(workspace, a
     with workspace.db.connect() as conn:
         actions = [r.action for r in conn.execute(select(audit_log))]
     assert "person.detach" in actions
+
+
+def test_events_rapport_emits_about_a_person_link_nothing(workspace):
+    _load(workspace, [_event(1, user="u1"), _event(2, user="u2"), _event(3, user="u2", anon="u1x")])
+    persons = _persons(workspace)
+    system = _event(4, anon="person:0")
+    payload = orjson.loads(system.payload)
+    payload["context"] = {"rapport": {"person_key": persons["m2"]}}
+    system = LogRecord(
+        source="rapport", message_id="m4", type="track", event="lifecycle_changed",
+        user_id=None, anonymous_id="person:0", timestamp=system.timestamp,
+        received_at=system.received_at, payload=orjson.dumps(payload),
+    )  # fmt: skip
+    with workspace.warehouse.connect() as con:
+        before = int(con.table("identity_nodes").count().to_pyarrow().as_py())
+    _load(workspace, [system])
+    assert _persons(workspace)["m4"] == persons["m2"]
+    with workspace.warehouse.connect() as con:
+        assert int(con.table("identity_nodes").count().to_pyarrow().as_py()) == before

@@ -119,6 +119,8 @@ def _register() -> None:
         ("rapport.ingest.quarantine_cli", "quarantine"),
         ("rapport.demo.cli", "demo"),
         ("rapport.identity.cli", "identity"),
+        ("rapport.tags.cli", "tags"),
+        ("rapport.segments.cli", "segments"),
     ]:
         try:
             mod = importlib.import_module(module)

@@ -93,6 +93,7 @@ def cli(
         task = progress.add_task("identity: resolve", total=None)
         report.identity = load.resolve_identities(ws)
         progress.update(task, total=1, completed=1)
+        report.labels = load.label_people(ws, progress)
     report.quarantine = load.quarantine_counts(ws)
     ws.close()
     _summary(console, files, report)
@@ -142,6 +143,14 @@ def _summary(console: Console, files: DemoFiles, report: LoadReport) -> None:
             f"{ident['rejected']:,} links refused by limits, {ident['shared_blocked']:,} shared "
             "values blocked (`rapport identity evaluate` measures it against the ground truth)."
         )
+    labels = report.labels
+    if labels:
+        console.print(
+            f"Tags: {labels['tags']} computed; segments: {labels['segments']} refreshed "
+            "(Tags and Segments pages)."
+        )
+        for tag, error in labels["failed_tags"].items():
+            console.print(f"[red]tag {tag} failed:[/red] {error}")
     quarantine = Table(title="Quarantine (open) by reason")
     quarantine.add_column("reason")
     quarantine.add_column("records", justify="right")

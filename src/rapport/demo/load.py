@@ -67,6 +67,7 @@ class LoadReport:
     imports: dict[str, dict[str, Any]] = field(default_factory=dict)
     warehouse_events: int = 0
     identity: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
     quarantine: dict[str, int] = field(default_factory=dict)
 
 
@@ -260,6 +261,30 @@ def resolve_identities(ws: Workspace) -> dict[str, Any]:
     shared = block_shared(ws, actor="demo")
     profiles = build_profiles(ws)
     return report.__dict__ | {"shared_blocked": len(shared), "profiles": profiles}
+
+
+def label_people(ws: Workspace, progress: Progress | None = None) -> dict[str, Any]:
+    """The demo's tags (attribute, statistical, the seeds' rule tag, mined), its seed
+    segmentations and the lifecycle, computed as a marketer would after loading."""
+    from rapport.segments.demo import define_demo_segments
+    from rapport.segments.refresh import refresh_all
+    from rapport.tags.compute import compute_all
+    from rapport.tags.demo import define_demo_tags
+    from rapport.tags.mined import define_mined_tags
+
+    define_demo_tags(ws)
+    define_mined_tags(ws)
+    task = progress.add_task("tags", total=None) if progress else None
+
+    def report(name: str, done: int, total: int) -> None:
+        if progress is not None and task is not None:
+            progress.update(task, completed=done, total=total, description=f"tags: {name}")
+
+    tags = compute_all(ws, progress=report)
+    define_demo_segments(ws)
+    segments = refresh_all(ws)
+    failed = {t["tag"]: t["error"] for t in tags if "error" in t}
+    return {"tags": len(tags) - len(failed), "failed_tags": failed, "segments": len(segments)}
 
 
 def quarantine_counts(ws: Workspace) -> dict[str, int]:

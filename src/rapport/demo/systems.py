@@ -288,6 +288,8 @@ class PersonRecords:
             self.chunk.orders.append((order_id, customer_id, mobile, model, category, amount, when))
             self.chunk.record("orders", order_id, p.pid)
             preferred = "app" if rng.random() < 0.6 else ("web" if rng.random() < 0.6 else "store")
+            if p.big_spender and isinstance(item, Hotel):
+                preferred = "app"  # frequent travellers book in the app (the seeds' tag)
             platform = self._platform(preferred) if preferred != "store" else None
             if paid >= window and platform:
                 self._purchase_session(paid, platform, item, nights, order_id, customer_id, amount)

@@ -488,6 +488,11 @@ _ERASE_DELETES = (
     ),
     ("events", "DELETE FROM events WHERE person_key = $1"),
     ("profile_slices", "DELETE FROM profile_slices WHERE person_key = $1"),
+    # what was computed about the person: tags, their history, rollups, memberships
+    ("tag_values", "DELETE FROM tag_values WHERE person_key = $1"),
+    ("tag_history", "DELETE FROM tag_history WHERE person_key = $1"),
+    ("person_daily", "DELETE FROM person_daily WHERE person_key = $1"),
+    ("segment_members", "DELETE FROM segment_members WHERE person_key = $1"),
 )
 
 
@@ -513,13 +518,12 @@ def erase_person(ws: Any, person_id: int, actor: str) -> dict[str, Any]:
 
     Not covered: events still in the log but not yet loaded and resolved (erase again once
     the loader has caught up), quarantined payloads, values typed into the blocklist.
-    Segment bitmaps do not exist yet; when they do, the person's bit must be cleared here too.
+    Segment bitmaps are files of ``rapport.segments`` (a layer above): the API clears the
+    person's bit there after this (``segments.bitmaps.forget_person``).
     A merged-away id raises ``PersonMerged``: erasing means naming the surviving person.
     """
-    deleted: dict[str, int] = dict.fromkeys(
-        ("events", "profile_slices", "profiles", "identity_nodes", "identity_links"), 0
-    )
-    deleted["identity_history"] = 0
+    deleted: dict[str, int] = dict.fromkeys([table for table, _ in _ERASE_DELETES], 0)
+    deleted |= {"profiles": 0, "identity_nodes": 0, "identity_history": 0}
     with GRAPH_LOCK, ws.warehouse.connect() as con:
         _current(con, person_id)
         offsets = [

@@ -126,6 +126,7 @@ def _pending(con: Backend, conf: cfg.IdentityConfig, limit: int) -> list[tuple[s
             "slice",
             s.select(
                 source=s.source, record_key=s.record_key, ts=s.updated_at,
+                about=ibis.null("int64"),
                 **_candidates(conf, s, "slice"),
             ).to_pyarrow(),
         )
@@ -140,6 +141,7 @@ def _pending(con: Backend, conf: cfg.IdentityConfig, limit: int) -> list[tuple[s
                 "event",
                 e.select(
                     source=e.source, record_key=e.event_id, ts=e.ts,
+                    about=e.context["rapport"]["person_key"].unwrap_as("int64"),
                     **_candidates(conf, e, "event"),
                 ).to_pyarrow(),
             )
@@ -241,9 +243,19 @@ class _Pass:
         source: str,
         record_key: str,
         ts: datetime | None,
-        identifiers: Iterable[tuple[str, str]],
+        identifiers: Iterable[tuple[str, str]] | int,
     ) -> int | None:
-        """One record; returns its person (None: no usable identifier)."""
+        """One record; returns its person (None: no usable identifier). Given a person id
+        instead of identifiers, the record is that person's (where it was merged since), and
+        links nothing."""
+        if isinstance(identifiers, int):
+            person = self.state.resolver.person(identifiers)
+            self.report.records += 1
+            if kind in self.records:
+                self.records[kind].append(
+                    (source, record_key, NOBODY if person is None else person)
+                )
+            return person
         found: dict[tuple[int, str], bool] = {}
         for id_type, raw in identifiers:
             checked = self._value(id_type, raw)
@@ -418,15 +430,20 @@ def _set_persons(con: Backend, kind: str, rows: Sequence[tuple[str, str, int]]) 
 
 def _records(
     table: pa.Table,
-) -> Iterator[tuple[str, str, datetime | None, list[tuple[str, str]]]]:
+) -> Iterator[tuple[str, str, datetime | None, list[tuple[str, str]] | int]]:
     """(source, record key, time, [(type, raw value)]) per row, read column by column (Arrow
-    to Python row dicts would cost more than resolving)."""
-    names = table.column_names[3:]
+    to Python row dicts would cost more than resolving). Instead of identifiers, an event that
+    Rapport itself emitted about a person (``context.rapport.person_key``: a lifecycle change)
+    carries that person id."""
+    names = table.column_names[4:]
     types = [name.split("\x1f")[0] for name in names]
     scoped = {t: i for i, (t, n) in enumerate(zip(types, names, strict=True)) if "scope" in n}
     columns = [table[name].to_pylist() for name in names]
-    heads = (table[name].to_pylist() for name in ("source", "record_key", "ts"))
-    for i, (source, key, ts) in enumerate(zip(*heads, strict=True)):
+    heads = (table[name].to_pylist() for name in ("source", "record_key", "ts", "about"))
+    for i, (source, key, ts, about) in enumerate(zip(*heads, strict=True)):
+        if about is not None:  # an event Rapport emitted about a known person
+            yield source, key, ts, about
+            continue
         ids = []
         for j, column in enumerate(columns):
             value = column[i]

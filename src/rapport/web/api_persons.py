@@ -226,8 +226,12 @@ def erase(
 
 def erase_or_explain(ws: Any, person_id: int, actor: str) -> dict[str, Any]:
     """``profile.erase_person`` with its failures as HTTP errors (shared with the console)."""
+    from rapport.segments.bitmaps import forget_person
+
     try:
-        return profile.erase_person(ws, person_id, actor)
+        result = profile.erase_person(ws, person_id, actor)
+        result["deleted"]["bitmaps"] = {"sets": forget_person(ws, person_id)}
+        return result
     except profile.PersonMerged as exc:
         raise HTTPException(
             409,

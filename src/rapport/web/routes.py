@@ -12,13 +12,16 @@ def mount(app: FastAPI) -> None:
     warehouse loader (``api_imports``) starts tailing it.
     """
     from rapport.web import (
+        api_conditions,
         api_events,
         api_identity,
         api_imports,
         api_persons,
         api_plan,
         api_quarantine,
+        api_segments,
         api_sources,
+        api_tags,
         api_users,
         assets,
         collector,
@@ -27,6 +30,9 @@ def mount(app: FastAPI) -> None:
     )
 
     modules = [health, assets, collector, api_sources, api_plan, api_imports]
+    modules += [api_segments]
+    modules += [api_tags]
+    modules += [api_conditions]
     modules += [api_events, api_quarantine, api_users, api_persons, api_identity, console]
     for module in modules:
         setup = getattr(module, "setup", None)

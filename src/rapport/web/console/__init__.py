@@ -19,13 +19,27 @@ from rapport.web.console import (
     persons,
     plan,
     quarantine,
+    segments,
     sources,
+    tags,
     users,
 )
 from rapport.web.console.pages import LoginRequired, PageForbidden, render
 
 router = APIRouter(include_in_schema=False)
-for _module in (login, overview, plan, sources, events, quarantine, users, persons, identity):
+for _module in (
+    login,
+    overview,
+    plan,
+    sources,
+    events,
+    quarantine,
+    users,
+    persons,
+    identity,
+    segments,
+    tags,
+):
     router.include_router(_module.router)
 
 

@@ -1,0 +1,192 @@
+"""The ``segments`` rows (audiences, segmentations, the lifecycle) and their members.
+
+One definition table in the metadata DB, one ``segment_members`` table in the warehouse and one
+set of bitmaps: ``write_members`` keeps the last two in step, so the size a marketer sees in the
+builder is the size of the list a campaign sends to.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from pyroaring import BitMap
+from sqlalchemy import delete, insert, select, update
+
+from rapport.accounts import now
+from rapport.db.tables import segments
+from rapport.segments import bitmaps
+
+if TYPE_CHECKING:
+    from rapport.workspace import Workspace
+
+KINDS = ("audience", "segmentation", "lifecycle")
+MODES = ("dynamic", "static")
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+
+
+class SegmentError(ValueError):
+    """A definition the product cannot use: ``field`` says which part, ``message`` why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class SegmentExists(SegmentError):
+    pass
+
+
+class SegmentNotFound(LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no segment named {name!r}")
+        self.name = name
+
+
+def _public(row: Any) -> dict[str, Any]:
+    out = dict(row._mapping)
+    for key in ("created_at", "updated_at", "refreshed_at"):
+        if isinstance(out.get(key), datetime):
+            out[key] = out[key].isoformat()
+    return out
+
+
+def check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise SegmentError(
+            "name", f"{name!r} is not a valid name (letters, digits, '_', '-', '.'; max 100)"
+        )
+
+
+def list_segments(ws: Workspace, kind: str | None = None) -> list[dict[str, Any]]:
+    query = select(segments).order_by(segments.c.name)
+    if kind is not None:
+        query = query.where(segments.c.kind == kind)
+    with ws.db.connect() as conn:
+        return [_public(r) for r in conn.execute(query)]
+
+
+def get_segment(ws: Workspace, name: str) -> dict[str, Any]:
+    with ws.db.connect() as conn:
+        row = conn.execute(select(segments).where(segments.c.name == name)).first()
+    if row is None:
+        raise SegmentNotFound(name)
+    return _public(row)
+
+
+def find_segment(ws: Workspace, name: str) -> dict[str, Any] | None:
+    try:
+        return get_segment(ws, name)
+    except SegmentNotFound:
+        return None
+
+
+def insert_segment(
+    ws: Workspace,
+    name: str,
+    kind: str,
+    definition: dict[str, Any],
+    mode: str = "dynamic",
+    description: str = "",
+) -> dict[str, Any]:
+    check_name(name)
+    if kind not in KINDS:
+        raise SegmentError("kind", f"{kind!r} is not one of {', '.join(KINDS)}")
+    if mode not in MODES:
+        raise SegmentError("mode", f"{mode!r} is not one of {', '.join(MODES)}")
+    stamp = now()
+    with ws.db.begin() as conn:
+        if conn.execute(select(segments.c.id).where(segments.c.name == name)).first():
+            raise SegmentExists("name", f"a segment named {name!r} already exists")
+        conn.execute(
+            insert(segments).values(
+                name=name,
+                kind=kind,
+                mode=mode,
+                description=description,
+                definition=definition,
+                created_at=stamp,
+                updated_at=stamp,
+            )
+        )
+    return get_segment(ws, name)
+
+
+def update_segment(ws: Workspace, name: str, **changes: Any) -> dict[str, Any]:
+    get_segment(ws, name)
+    if "mode" in changes and changes["mode"] not in MODES:
+        raise SegmentError("mode", f"{changes['mode']!r} is not one of {', '.join(MODES)}")
+    with ws.db.begin() as conn:
+        conn.execute(
+            update(segments).where(segments.c.name == name).values(**changes, updated_at=now())
+        )
+    return get_segment(ws, name)
+
+
+def delete_segment(ws: Workspace, name: str) -> None:
+    """The definition, its members and its bitmaps."""
+    get_segment(ws, name)
+    with ws.warehouse.connect() as con, ws.warehouse.transaction(con):
+        con.raw_sql("DELETE FROM segment_members WHERE segment = ?", parameters=[name])
+    bitmaps.drop_segment(ws, name)
+    with ws.db.begin() as conn:
+        conn.execute(delete(segments).where(segments.c.name == name))
+
+
+def write_members(
+    ws: Workspace, name: str, buckets: dict[str | None, BitMap], at: datetime | None = None
+) -> int:
+    """Replace the segment's rows in ``segment_members`` (bucket None: an audience), its
+    bitmaps, and its size; returns the number of distinct persons."""
+    parts = [
+        pa.table(
+            {
+                "segment": pa.repeat(pa.scalar(name, pa.string()), len(members)),
+                "bucket": pa.repeat(pa.scalar(bucket, pa.string()), len(members)),
+                "person_key": pa.array(bitmaps.key_array(members), pa.int64()),
+            }
+        )
+        for bucket, members in buckets.items()
+    ]
+    table = (
+        pa.concat_tables(parts)
+        if parts
+        else pa.table(
+            {
+                "segment": pa.array([], pa.string()),
+                "bucket": pa.array([], pa.string()),
+                "person_key": pa.array([], pa.int64()),
+            }
+        )
+    )
+    with ws.warehouse.connect() as con, ws.warehouse.transaction(con):
+        con.raw_sql("DELETE FROM segment_members WHERE segment = ?", parameters=[name])
+        if table.num_rows:
+            con.insert("segment_members", table)
+    bitmaps.put_segment(ws, name, buckets)
+    size = len(BitMap.union(*buckets.values())) if buckets else 0
+    with ws.db.begin() as conn:
+        conn.execute(
+            update(segments)
+            .where(segments.c.name == name)
+            .values(size=size, refreshed_at=at or now())
+        )
+    return size
+
+
+def members(ws: Workspace, name: str, bucket: str | None = None) -> BitMap:
+    """The current members (from the index; from the warehouse when the index lacks them)."""
+    found = bitmaps.get(ws, bitmaps.segment_name(name, bucket))
+    if found is not None:
+        return found
+    if bucket is not None and bitmaps.store(ws).has(bitmaps.segment_name(name)):
+        return BitMap()
+    with ws.warehouse.connect() as con:
+        sm = con.table("segment_members")
+        rows = sm.filter(sm.segment == name)
+        if bucket is not None:
+            rows = rows.filter(rows.bucket == bucket)
+        return bitmaps.keys_of(rows)

@@ -1,0 +1,181 @@
+"""A person's in-memory state on the stream path: what the per-event predicate and the
+reference interpreter evaluate conditions against (values already typed, items looked up).
+
+The state stays small on purpose: events are kept in time order, indexed by event name (a
+behaviour leaf reads only its own event's list and finds its window by bisection), and pruned
+to the longest look-back any rule needs (``Retention``). ``RuleIndex`` tells which rules an
+incoming event can change at all, so that most events touch no rule (DESIGN.md, Sequences).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right, insort_right
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from operator import attrgetter
+from typing import Any
+
+_ts = attrgetter("ts")
+
+
+@dataclass(slots=True)
+class EventRec:
+    """One event of the person: ``item`` is the properties of the item its ``item_id`` names."""
+
+    ts: datetime
+    event: str
+    props: dict[str, Any] = field(default_factory=dict)
+    item: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class PersonState:
+    """``segments`` maps a segment to its buckets (``None`` for an audience membership).
+
+    ``events`` is owned by the state once it is built: it is sorted by time on construction and
+    changed only through ``add`` / ``prune``, which keep the per-event-name index in step (a
+    list changed behind the state's back leaves the index stale; call ``reindex`` then).
+
+    ``memo`` holds what compiled rules carry from one evaluation to the next (a sequence's
+    automaton, a filtered behaviour leaf's matching events), valid while ``epoch`` stands:
+    ``appended`` counts events added in time order, so a rule knows which are new; an event
+    older than the latest rewrites history (a new epoch, and the rules start over once)."""
+
+    person: int
+    attrs: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, set[str]] = field(default_factory=dict)
+    segments: dict[str, set[str | None]] = field(default_factory=dict)
+    events: list[EventRec] = field(default_factory=list)
+    by_event: dict[str, list[EventRec]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+    appended: int = field(init=False, repr=False, compare=False, default=0)
+    epoch: int = field(init=False, repr=False, compare=False, default=0)
+    memo: dict[object, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.reindex()
+
+    def reindex(self) -> None:
+        """Sort the events by time (stable: equal times keep their arrival order), rebuild
+        the per-name index."""
+        self.events.sort(key=_ts)
+        self.epoch += 1
+        self.memo.clear()
+        self.by_event = {}
+        for rec in self.events:
+            self.by_event.setdefault(rec.event, []).append(rec)
+
+    def add(self, rec: EventRec) -> None:
+        """Insert in time order (after events of the same time: arrival order breaks ties)."""
+        events = self.events
+        if not events or events[-1].ts <= rec.ts:
+            events.append(rec)
+            self.appended += 1
+        else:
+            insort_right(events, rec, key=_ts)
+            self.epoch += 1
+            self.memo.clear()
+        insort_right(self.by_event.setdefault(rec.event, []), rec, key=_ts)
+
+    def prune(self, before: datetime) -> int:
+        """Forget events older than ``before``; the number forgotten."""
+        cut = bisect_left(self.events, before, key=_ts)
+        if not cut:
+            return 0
+        del self.events[:cut]
+        for name in list(self.by_event):
+            recs = self.by_event[name]
+            k = bisect_left(recs, before, key=_ts)
+            if k == len(recs):
+                del self.by_event[name]
+            elif k:
+                del recs[:k]
+        return cut
+
+    def of(self, event: str) -> list[EventRec]:
+        """The person's ``event`` events in time order (empty list: none; do not mutate)."""
+        return self.by_event.get(event, _EMPTY)
+
+    def latest(self, event: str, as_of: datetime) -> datetime | None:
+        """Time of the person's latest ``event`` at or before ``as_of`` (None: never)."""
+        recs = self.by_event.get(event)
+        if not recs:
+            return None
+        k = bisect_right(recs, as_of, key=_ts)
+        return recs[k - 1].ts if k else None
+
+
+_EMPTY: list[EventRec] = []
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How much of a person's history the rules can still need.
+
+    ``lookback`` is relative to the evaluation time (``None``: all history — a rule with no
+    window, or an absence rule judged over all time); ``since`` an absolute floor (rules with
+    a fixed start); ``anchors`` the ``since_event`` events whose latest occurrence (and what
+    follows it) must be kept. ``Retention()`` needs nothing (attribute, tag, segment rules)."""
+
+    lookback: timedelta | None = timedelta(0)
+    since: datetime | None = None
+    anchors: frozenset[str] = frozenset()
+
+    @classmethod
+    def everything(cls) -> Retention:
+        return cls(lookback=None)
+
+    def merge(self, other: Retention) -> Retention:
+        """What both need (the longer look-back, the earlier floor, all anchors)."""
+        if self.lookback is None or other.lookback is None:
+            lookback = None
+        else:
+            lookback = max(self.lookback, other.lookback)
+        since = [s for s in (self.since, other.since) if s is not None]
+        return Retention(lookback, min(since) if since else None, self.anchors | other.anchors)
+
+    def keep_since(self, state: PersonState, as_of: datetime) -> datetime | None:
+        """The oldest event time still needed at ``as_of`` or later (None: keep everything);
+        ``state.prune(keep_since(...))`` then changes no rule's answer."""
+        if self.lookback is None:
+            return None
+        floor = as_of - self.lookback
+        if self.since is not None:
+            floor = min(floor, self.since)
+        for name in self.anchors:
+            at = state.latest(name, as_of)
+            if at is not None:
+                floor = min(floor, at)
+        return floor
+
+
+class RuleIndex:
+    """Which rules an event can change: built from each rule's event names of interest
+    (``None``: every event, e.g. a rule with ``EventIs`` on any name is not; ``set()``: no
+    event — attribute/tag/segment rules, re-evaluated when those change instead)."""
+
+    def __init__(self, interests: Mapping[Hashable, Iterable[str] | None]) -> None:
+        self._by_event: dict[str, list[Hashable]] = {}
+        self._any: list[Hashable] = []
+        for rule, names in interests.items():
+            if names is None:
+                self._any.append(rule)
+                continue
+            for name in names:
+                self._by_event.setdefault(name, []).append(rule)
+
+    def rules_for(self, event: str) -> list[Hashable]:
+        """The rules to re-evaluate when ``event`` arrives (most events: none)."""
+        named = self._by_event.get(event)
+        if not self._any:
+            return named or []
+        return [*(named or ()), *self._any]
+
+    def events(self) -> set[str]:
+        """Every event name some rule reads (others need not be kept in a state at all)."""
+        return set(self._by_event)
+
+    def reads_all(self) -> bool:
+        return bool(self._any)

@@ -1,0 +1,351 @@
+"""Computing attribute, statistical and rule tags (mined tags: ``rapport.tags.mined``).
+
+Every computation is one Ibis expression over the warehouse, written through ``store``
+(values, run, history). Evaluation is at an explicit ``as_of`` (default: now, UTC).
+
+- attribute: the merged profile (``profiles``) value, transformed (age from a messy birthday,
+  a map, bands). Always recomputed in full (one pass over ``profiles``).
+- statistical: ``count`` / ``sum`` / ``avg`` from the daily rollups (``person_daily``, whole
+  UTC days: the window is the ``window_days`` days ending on as_of's day); ``max`` / ``min``
+  / ``last_date`` / ``top_value`` from the events (``as_of - window < ts <= as_of``).
+  The rollup-based ones are **incremental**: a run recomputes only persons whose rollup rows
+  changed since the tag's last run, plus persons with rows on the days that entered or left
+  the window since then; everyone else keeps their value.
+- rule: the condition compiled by ``rapport.conditions.to_ibis`` (full recompute).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import ibis
+import ibis.expr.types as ir
+import pyarrow as pa
+
+from rapport.identity.survivorship import iso_date
+from rapport.tags import rollups, store
+from rapport.tags.definitions import (
+    AttributeDef,
+    Band,
+    RuleDef,
+    StatisticalDef,
+    TagError,
+    get_tag,
+    list_tags,
+    parse,
+)
+from rapport.warehouse import layout
+
+if TYPE_CHECKING:
+    from ibis.backends.duckdb import Backend
+
+    from rapport.workspace import Workspace
+
+ROLLUP_AGGS = ("count", "sum", "avg")
+
+
+def _as_of(as_of: datetime | None) -> datetime:
+    if as_of is None:
+        return datetime.now(UTC)
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware (UTC)")
+    return as_of.astimezone(UTC)
+
+
+# -- value helpers -----------------------------------------------------------------------------
+def number_text(x: ir.NumericValue) -> ir.StringValue:
+    """``12`` for whole numbers, else rounded to 2 decimals (``12.35``)."""
+    as_float = x.cast("float64")
+    whole = as_float == as_float.round(0)
+    return ibis.ifelse(
+        whole, as_float.cast("int64").cast("string"), as_float.round(2).cast("string")
+    )
+
+
+def banded(x: ir.NumericValue, bands: list[Band]) -> ir.StringValue:
+    """The label of the first band ``x`` falls in; NULL when none."""
+    branches = []
+    for band in bands:
+        cond = x.notnull()
+        if band.min is not None:
+            cond &= x >= band.min
+        if band.max is not None:
+            cond &= x < band.max
+        branches.append((cond, ibis.literal(band.label)))
+    return ibis.cases(*branches, else_=ibis.null("string"))
+
+
+def age_on(birth: ir.DateValue, day: date) -> ir.IntegerValue:
+    """Whole years from ``birth`` to ``day``."""
+    before_birthday = (birth.month() > day.month) | (
+        (birth.month() == day.month) & (birth.day() > day.day)
+    )
+    return ibis.literal(day.year) - birth.year() - ibis.ifelse(before_birthday, 1, 0)
+
+
+def _values(table: ir.Table, value: ir.Value) -> ir.Table:
+    out = table.select(person_key=table.person_key.cast("int64"), value=value.cast("string"))
+    return out.filter(out.value.notnull() & (out.value != "") & (out.person_key >= 0))
+
+
+# -- attribute -----------------------------------------------------------------------------------
+def profile_column(con: Backend, field: str) -> str:
+    if "profiles" not in con.list_tables():
+        raise TagError(
+            "definition.field",
+            "no merged profiles yet: build them first (rapport identity profiles)",
+        )
+    columns = con.table("profiles").columns
+    for column in (field, f"prop_{field}"):
+        if column in columns and column not in ("person_key", "updated_at"):
+            return column
+    raise TagError("definition.field", f"unknown profile attribute `{field}`")
+
+
+def attribute_values(con: Backend, d: AttributeDef, as_of: datetime) -> ir.Table:
+    """One select per step (text, transform, map or bands): each step reads a column of the
+    previous one, so the SQL does not repeat the date parsing in every band's condition."""
+    profiles = con.table("profiles")
+    column = profile_column(con, d.field)
+    t = profiles.select("person_key", v=profiles[column].cast("string").strip().nullif(""))
+    if d.transform in ("age", "age_band"):
+        t = t.select("person_key", v=iso_date(t.v).cast("date"))
+        t = t.select("person_key", v=age_on(t.v, as_of.date()))
+        t = t.select("person_key", v=ibis.ifelse((t.v >= 0) & (t.v < 130), t.v, None))
+    elif d.transform == "date":
+        t = t.select("person_key", v=iso_date(t.v))
+    elif d.transform == "lower":
+        t = t.select("person_key", v=t.v.lower())
+    elif d.transform == "upper":
+        t = t.select("person_key", v=t.v.upper())
+    elif d.transform == "number":
+        t = t.select("person_key", v=t.v.try_cast("float64"))
+    if d.map is not None:
+        text = t.v.cast("string")
+        mapped = text.substitute(d.map, else_=ibis.literal(d.default, "string"))
+        value: ir.Value = ibis.ifelse(text.isnull(), ibis.null("string"), mapped)
+    elif d.bands:
+        value = banded(t.v.cast("float64") if d.transform is None else t.v, d.bands)
+    elif d.transform in ("age", "number"):
+        value = number_text(t.v)
+    else:
+        value = t.v
+    return _values(t, value)
+
+
+# -- statistical ---------------------------------------------------------------------------------
+def _prop_value(events: ir.Table, prop: str, numeric: bool) -> ir.Value:
+    typed = layout.prop_column(prop)
+    if numeric:
+        json_value: ir.Value = events.properties[prop].float
+        return (
+            ibis.coalesce(events[typed].cast("float64"), json_value)
+            if typed in events.columns
+            else json_value
+        )
+    json_text = events.properties[prop].str
+    if typed in events.columns:
+        return ibis.coalesce(events[typed].cast("string"), json_text)
+    return json_text
+
+
+def _finish_stat(grouped: ir.Table, measure: ir.Value, d: StatisticalDef) -> ir.Table:
+    value = banded(measure, d.bands) if d.bands else number_text(measure)
+    return _values(grouped, value)
+
+
+def rollup_values(con: Backend, d: StatisticalDef, as_of: datetime) -> ir.Table:
+    daily = con.table(rollups.TABLE)
+    day = as_of.date()
+    rows = daily.filter((daily.event == d.event) & (daily.day <= day))
+    if d.window_days:
+        rows = rows.filter(rows.day > day - timedelta(days=d.window_days))
+    if d.agg == "count":
+        g = rows.group_by("person_key").aggregate(m=rows.n.sum())
+        return _finish_stat(g, g.m, d)
+    assert d.property is not None
+    column = rollups.sum_column(d.property)
+    if column not in daily.columns:
+        raise TagError(
+            "definition.property",
+            f"`{d.property}` is not a numeric event property of the tracking plan",
+        )
+    g = rows.group_by("person_key").aggregate(s=rows[column].sum(), n=rows.n.sum())
+    if d.agg == "sum":
+        return _finish_stat(g, g.s.fill_null(0), d)
+    return _finish_stat(g.filter(g.s.notnull()), g.s / g.n, d)  # avg per event
+
+
+def event_values(con: Backend, d: StatisticalDef, as_of: datetime) -> ir.Table:
+    events = rollups.resolved_events(con)
+    rows = events.filter((events.event == d.event) & (events.ts <= as_of))
+    if d.window_days:
+        rows = rows.filter(rows.ts > as_of - timedelta(days=d.window_days))
+    if d.agg == "last_date":
+        g = rows.group_by("person_key").aggregate(m=rows.ts.max())
+        return _values(g, g.m.date().cast("string"))
+    assert d.property is not None
+    numeric = d.agg in ("max", "min")
+    rows = rows.mutate(v=_prop_value(rows, d.property, numeric)).filter(lambda t: t.v.notnull())
+    if numeric:
+        g = rows.group_by("person_key").aggregate(m=getattr(rows.v, d.agg)())
+        return _finish_stat(g, g.m, d)
+    # top_value: the most frequent value (ties: the smallest)
+    counts = rows.group_by(["person_key", "v"]).aggregate(c=rows.count())
+    ranked = counts.mutate(
+        r=ibis.row_number().over(group_by="person_key", order_by=[ibis.desc("c"), "v"])
+    )
+    top = ranked.filter(ranked.r == 0)
+    return _values(top, top.v)
+
+
+def _incremental_scope(
+    con: Backend, ws: Workspace, name: str, d: StatisticalDef, tag: dict[str, Any], as_of: datetime
+) -> tuple[ir.Table | None, dict[str, Any]]:
+    """Persons to recompute (None: everyone) and what the run records to allow the next one."""
+    refresh, full_refresh = rollups.current_refresh(ws, con)
+    mark = {"as_of_day": as_of.date().isoformat(), "rollup_refresh": refresh}
+    last = store.last_run(ws.db, name)
+    detail = (last or {}).get("detail") or {}
+    if (
+        last is None
+        or "rollup_refresh" not in detail
+        or full_refresh > int(detail["rollup_refresh"])
+        or _aware(tag["updated_at"]) > _aware(last["started_at"])
+    ):
+        return None, mark
+    prev_day = date.fromisoformat(detail["as_of_day"])
+    day = as_of.date()
+    if day < prev_day:
+        return None, mark
+    daily = con.table(rollups.TABLE)
+    mine = daily.filter(daily.event == d.event)
+    moved = (mine.day > prev_day) & (mine.day <= day)  # entered the window
+    if d.window_days:
+        w = timedelta(days=d.window_days)
+        moved |= (mine.day > prev_day - w) & (mine.day <= day - w)  # left it
+    scope = rollups.changed_keys(con, int(detail["rollup_refresh"])).union(
+        mine.filter(moved).select("person_key")
+    )
+    return scope.distinct(), mark
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# -- runs ----------------------------------------------------------------------------------------
+def compute_tag(
+    ws: Workspace,
+    name: str,
+    as_of: datetime | None = None,
+    *,
+    full: bool = False,
+    refresh_rollups: bool = True,
+) -> dict[str, Any]:
+    """Compute one tag as of ``as_of``; returns the run's report (run id, persons, distribution,
+    whether it was incremental). A failure is recorded on the run and raised."""
+    tag = get_tag(ws.db, name)
+    if tag is None:
+        raise store.TagNotFound(name)
+    at = _as_of(as_of)
+    if tag["kind"] == "mined":
+        from rapport.tags import mined  # the "mined" models
+
+        done = mined.compute_mined(ws, name, at)
+        return {
+            "tag": name,
+            "run_id": done.run_id,
+            "persons": done.persons,
+            "distribution": done.distribution,
+            "as_of": at.isoformat(),
+            "incremental": False,
+        }
+    d = parse(tag["kind"], tag["definition"])
+    if tag["kind"] == "statistical" and d.agg in ROLLUP_AGGS and refresh_rollups:
+        rollups.refresh(ws)
+    started = time.perf_counter()
+    run_id = store.start_run(ws.db, name)
+    try:
+        detail: dict[str, Any] = {"as_of": at.isoformat()}
+        scope_keys: pa.Array | None = None
+        with ws.warehouse.connect() as con:
+            if tag["kind"] == "attribute":
+                values = attribute_values(con, d, at)
+            elif tag["kind"] == "rule":
+                values = rule_values(ws, con, d, at)
+            elif d.agg in ROLLUP_AGGS:
+                scope, mark = (None, {}) if full else _incremental_scope(con, ws, name, d, tag, at)
+                if full:
+                    refresh, _ = rollups.current_refresh(ws, con)
+                    mark = {"as_of_day": at.date().isoformat(), "rollup_refresh": refresh}
+                detail.update(mark)
+                values = rollup_values(con, d, at)
+                if scope is not None:
+                    scope_keys = scope.to_pyarrow().column("person_key").combine_chunks()
+                    keys = ibis.memtable(pa.table({"k": scope_keys}))
+                    values = values.semi_join(keys, values.person_key == keys.k)
+            else:
+                values = event_values(con, d, at)
+            table = values.to_pyarrow()
+        detail["incremental"] = scope_keys is not None
+        if scope_keys is not None:
+            detail["persons_recomputed"] = len(scope_keys)
+        written = store.write_values(ws, name, run_id, table, persons=scope_keys)
+        persons, dist = store.summary(ws, name)
+        detail["seconds"] = round(time.perf_counter() - started, 3)
+        store.finish_run(ws.db, run_id, persons=persons, distribution=dist, detail=detail)
+    except Exception as exc:
+        store.fail_run(ws.db, run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    return {
+        "tag": name,
+        "run_id": run_id,
+        "rows": written,
+        "persons": persons,
+        "distribution": dist,
+        **detail,
+    }
+
+
+def rule_values(ws: Workspace, con: Backend, d: RuleDef, as_of: datetime) -> ir.Table:
+    from rapport.catalog import current_plan
+    from rapport.conditions.model import from_json
+    from rapport.conditions.to_ibis import BatchContext, compile  # the batch compiler
+
+    attr_types = dict(current_plan(ws.db).user_properties())
+    columns = set(con.table("profiles").columns) if "profiles" in con.list_tables() else set()
+    renamed = {a: f"prop_{a}" for a in attr_types if a not in columns and f"prop_{a}" in columns}
+    ctx = BatchContext(con, as_of, attr_types, attr_columns=renamed)
+    persons = compile(from_json(d.condition), ctx)
+    return _values(persons, ibis.literal(d.value))
+
+
+def compute_all(
+    ws: Workspace,
+    as_of: datetime | None = None,
+    *,
+    kinds: tuple[str, ...] = ("attribute", "statistical", "rule", "mined"),
+    full: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Refresh the rollups once, then compute every tag of ``kinds``; a failing tag is reported
+    (``error``) and the others still run."""
+    at = _as_of(as_of)
+    chosen = [t for t in list_tags(ws.db) if t["kind"] in kinds]
+    if any(t["kind"] == "statistical" for t in chosen):
+        rollups.refresh(ws)
+    reports = []
+    for i, tag in enumerate(chosen):
+        if progress is not None:
+            progress(tag["name"], i, len(chosen))
+        try:
+            reports.append(compute_tag(ws, tag["name"], at, full=full, refresh_rollups=False))
+        except Exception as exc:  # noqa: BLE001 - reported per tag, the run is marked failed
+            reports.append({"tag": tag["name"], "error": f"{type(exc).__name__}: {exc}"})
+    if progress is not None:
+        progress("", len(chosen), len(chosen))
+    return reports
