@@ -43,6 +43,9 @@ class Settings:
     #: Run the event log's inserts in a child process (``rapport serve`` does), so that they do
     #: not take turns with the collector on the server's interpreter lock.
     log_writer_process: bool = False
+    #: DuckDB's memory limit for warehouse work (e.g. ``8GB``); empty = a third of this
+    #: machine's RAM (DuckDB's own default, 80 %, leaves nothing for the rest of Rapport).
+    warehouse_memory_limit: str = ""
     #: Path of the front-end packages installed from npm (``node_modules``).
     assets_dir: str = ""
     secret_key: str = field(default="", repr=False)
@@ -65,6 +68,16 @@ class Settings:
         if self.assets_dir:
             return Path(self.assets_dir)
         return Path(__file__).resolve().parents[2] / "node_modules"
+
+    @property
+    def warehouse_memory(self) -> str:
+        if self.warehouse_memory_limit:
+            return self.warehouse_memory_limit
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return "4GB"
+        return f"{max(1, total // 3 // 2**20)}MB"
 
     def ensure_home(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)

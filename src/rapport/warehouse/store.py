@@ -44,9 +44,12 @@ def _is_lock_error(exc: Exception) -> bool:
 
 
 class Warehouse:
-    def __init__(self, path: Path, metadata_url: str | None = None) -> None:
+    def __init__(
+        self, path: Path, metadata_url: str | None = None, memory_limit: str | None = None
+    ) -> None:
         self.path = Path(path)
         self.metadata_url = metadata_url
+        self.memory_limit = memory_limit
         self._ready = False
         self._ready_lock = threading.Lock()
         self._prop_columns: dict[str, str] | None = None
@@ -55,7 +58,7 @@ class Warehouse:
     def open(cls, settings: Settings) -> Warehouse:
         """Cheap: the file is created (and tables made) on first use, not here."""
         settings.ensure_home()
-        return cls(settings.warehouse_file, settings.metadata_url)
+        return cls(settings.warehouse_file, settings.metadata_url, settings.warehouse_memory)
 
     def close(self) -> None:
         engine = self.__dict__.pop("_metadata_engine", None)
@@ -86,6 +89,8 @@ class Warehouse:
                 delay = min(delay * 2, 0.5)
         try:
             con.raw_sql("SET TimeZone = 'UTC'")  # days are UTC days, whatever the host says
+            if self.memory_limit:
+                con.con.execute("SET memory_limit = ?", [self.memory_limit])
             self._ensure_tables(con)
             yield con
         finally:
