@@ -233,8 +233,13 @@ class _Compiler:
 
     def node(self, cond: Condition, path: str) -> ir.Table:
         if isinstance(cond, And):
+            # a tag/segment leaf beside an attribute or behaviour leaf needs no check against
+            # the universe: the intersection already keeps only persons of the universe
+            bounded = any(isinstance(c, Attr | Did | Sequence) for c in cond.all)
             pos = [
-                self.node(c, f"{path}.all[{i}]")
+                self.labels(c, bounded=True)
+                if bounded and isinstance(c, HasTag | InSegment)
+                else self.node(c, f"{path}.all[{i}]")
                 for i, c in enumerate(cond.all)
                 if not isinstance(c, Not)
             ]
@@ -256,20 +261,8 @@ class _Compiler:
             return self.universe().difference(self.node(cond.cond, f"{path}.cond"))
         if isinstance(cond, Attr):
             return self.attr(cond, path)
-        if isinstance(cond, HasTag):
-            t = self.ctx.table("tag_values")
-            if cond.values is not None and not cond.values:
-                return self.empty()
-            pred = t.tag == cond.tag
-            if cond.values is not None:
-                pred &= t.value.isin(cond.values)
-            return self._members(t.filter(pred))
-        if isinstance(cond, InSegment):
-            t = self.ctx.table("segment_members")
-            pred = t.segment == cond.segment
-            if cond.bucket is not None:
-                pred &= t.bucket == cond.bucket
-            return self._members(t.filter(pred))
+        if isinstance(cond, HasTag | InSegment):
+            return self.labels(cond)
         if isinstance(cond, Did):
             return self.did(cond, path)
         if isinstance(cond, Sequence):
@@ -278,10 +271,25 @@ class _Compiler:
             raise ConditionError("`event is` is for triggers only (the stream path)", path)
         raise ConditionError(f"unknown condition {type(cond).__name__}", path)
 
-    def _members(self, t: ir.Table) -> ir.Table:
-        """Persons of a tag/segment table who are in the universe."""
-        keys = t.select("person_key").distinct()
-        return keys.semi_join(self.universe(), "person_key").select("person_key")
+    def labels(self, cond: HasTag | InSegment, bounded: bool = False) -> ir.Table:
+        """Persons carrying the tag / in the segment; ``bounded``: the caller intersects the
+        result with persons of the universe anyway, so the (costly) check is skipped."""
+        if isinstance(cond, HasTag):
+            t = self.ctx.table("tag_values")
+            if cond.values is not None and not cond.values:
+                return self.empty()
+            pred = t.tag == cond.tag
+            if cond.values is not None:
+                pred &= t.value.isin(cond.values)
+        else:
+            t = self.ctx.table("segment_members")
+            pred = t.segment == cond.segment
+            if cond.bucket is not None:
+                pred &= t.bucket == cond.bucket
+        keys = t.filter(pred & (t.person_key >= 0)).select("person_key").distinct()
+        return (
+            keys if bounded else keys.semi_join(self.universe(), "person_key").select("person_key")
+        )
 
     # attributes
     def attr(self, cond: Attr, path: str) -> ir.Table:
