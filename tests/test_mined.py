@@ -261,3 +261,28 @@ def test_unknown_models_and_other_kinds_are_refused(empty):
     with pytest.raises(KeyError):
         mined.compute_mined(empty, "no_such_tag", AS_OF)
     assert mined.define_mined_tags(empty) == []  # already there: left alone
+
+
+def test_tag_pages_explain_the_clusters_and_show_the_auc(world):
+    """The console renders what the models stored: cluster profiles and the churn AUC."""
+    from fastapi.testclient import TestClient
+
+    from rapport import accounts
+    from rapport.web.app import create_app
+
+    ws, _ = world
+    mined.compute_mined(ws, "cluster", AS_OF)
+    mined.compute_mined(ws, "churn_risk", AS_OF)
+    accounts.create_user(ws.db, "analyst", "pw-analyst-1", accounts.Role.marketer)
+    with TestClient(create_app(workspace=ws)) as client:
+        login = client.get("/login")
+        token = login.text.split('name="csrf_token" value="')[1].split('"')[0]
+        client.post(
+            "/login",
+            data={"username": "analyst", "password": "pw-analyst-1", "csrf_token": token},
+        )
+        page = client.get("/tags/cluster")
+        assert page.status_code == 200 and "What sets each cluster apart" in page.text
+        assert "share_hotel" in page.text
+        churn = client.get("/tags/churn_risk")
+        assert churn.status_code == 200 and "Held-out AUC" in churn.text

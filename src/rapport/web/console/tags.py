@@ -141,7 +141,8 @@ def _detail(ws: Any, name: str) -> dict[str, Any]:
         raise HTTPException(404, f"no tag named {name!r}")
     current = store.distribution(ws, name)
     dist = current["distribution"]
-    order = {b["label"]: i for i, b in enumerate(tag["definition"].get("bands") or [])}
+    bands = tag["definition"].get("bands") or []  # mined models keep bare cut-offs here
+    order = {b["label"]: i for i, b in enumerate(bands) if isinstance(b, dict) and "label" in b}
     if order:  # banded values read best in band order
         dist = {v: dist[v] for v in sorted(dist, key=lambda v: order.get(v, len(order)))}
     runs = store.runs(ws.db, name)
