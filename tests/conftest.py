@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -38,6 +39,25 @@ def service_unavailable(what: str, exc: Exception) -> None:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return load_settings(home=tmp_path / "home")
+
+
+@pytest.fixture(scope="session")
+def migrated_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated metadata DB and an empty warehouse, made once: a copy per test is ~30x
+    faster than migrating each time (modules whose tests only need the stores use it)."""
+    home = tmp_path_factory.mktemp("template") / "home"
+    ws = Workspace(load_settings(home=home))
+    ws.init()
+    with ws.warehouse.connect():
+        pass
+    ws.close()
+    return home
+
+
+def copy_home(template: Path, tmp_path: Path, **overrides: object) -> Settings:
+    """Settings of a fresh copy of ``template`` under ``tmp_path``."""
+    shutil.copytree(template, tmp_path / "home")
+    return load_settings(home=tmp_path / "home", **overrides)
 
 
 @pytest.fixture

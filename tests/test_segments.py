@@ -5,7 +5,6 @@ counts, static lists (upload, export) and the API."""
 from __future__ import annotations
 
 import json
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,33 +14,21 @@ import msgspec
 import pyarrow as pa
 import pytest
 
+from conftest import copy_home
 from rapport.catalog import PropertyBody, add_user_property
 from rapport.conditions.model import And, Attr, HasTag, InSegment, Not, Op, Or
 from rapport.segments import audiences, bitmaps, funnel, lifecycle, segmentations
 from rapport.segments.store import SegmentError, get_segment, members
-from rapport.settings import Settings, load_settings
+from rapport.settings import Settings
 from rapport.warehouse import layout
 from rapport.workspace import Workspace
 
 AS_OF = datetime(2024, 6, 30, 12, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def template_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated metadata DB and an empty warehouse, made once and copied per test."""
-    home = tmp_path_factory.mktemp("template") / "home"
-    ws = Workspace(load_settings(home=home))
-    ws.init()
-    with ws.warehouse.connect():
-        pass
-    ws.close()
-    return home
-
-
 @pytest.fixture
-def settings(tmp_path: Path, template_home: Path) -> Settings:
-    shutil.copytree(template_home, tmp_path / "home")
-    return load_settings(home=tmp_path / "home")
+def settings(tmp_path: Path, migrated_home: Path) -> Settings:
+    return copy_home(migrated_home, tmp_path)
 
 
 def _typed(table: pa.Table, schema: Any) -> ibis.Table:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import ibis
 import pyarrow as pa
 import pytest
 
+from conftest import copy_home
 from rapport.catalog import PropertyBody, add_user_property
 from rapport.identity import config as cfg
 from rapport.identity.survivorship import (
@@ -22,28 +22,14 @@ from rapport.identity.survivorship import (
     profile_columns,
 )
 from rapport.ingest import sources
-from rapport.settings import Settings, load_settings
+from rapport.settings import Settings
 from rapport.warehouse import layout
 from rapport.workspace import Workspace
 
 
-@pytest.fixture(scope="module")
-def template_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated metadata DB and an empty warehouse, made once: a copy per test is ~30x
-    faster than migrating each time."""
-    home = tmp_path_factory.mktemp("template") / "home"
-    ws = Workspace(load_settings(home=home))
-    ws.init()
-    with ws.warehouse.connect():
-        pass
-    ws.close()
-    return home
-
-
 @pytest.fixture
-def settings(tmp_path: Path, template_home: Path) -> Settings:
-    shutil.copytree(template_home, tmp_path / "home")
-    return load_settings(home=tmp_path / "home")
+def settings(tmp_path: Path, migrated_home: Path) -> Settings:
+    return copy_home(migrated_home, tmp_path)
 
 
 def at(day: int, hour: int = 0) -> datetime:
