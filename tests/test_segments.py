@@ -13,12 +13,13 @@ import ibis
 import msgspec
 import pyarrow as pa
 import pytest
+from pyroaring import BitMap
 
 from conftest import copy_home
 from rapport.catalog import PropertyBody, add_user_property
 from rapport.conditions.model import And, Attr, HasTag, InSegment, Not, Op, Or
 from rapport.segments import audiences, bitmaps, funnel, lifecycle, segmentations
-from rapport.segments.store import SegmentError, get_segment, members
+from rapport.segments.store import SegmentError, change_members, get_segment, members
 from rapport.settings import Settings
 from rapport.warehouse import layout
 from rapport.workspace import Workspace
@@ -460,3 +461,17 @@ def test_the_mece_api(world, client, admin_headers):
     assert client.post("/api/segments", json=body, headers=h).status_code == 201
     r = client.get("/api/segments/gender_age/mece?as_of=2024-06-30T12:00:00Z", headers=h)
     assert r.json()["ok"] is True
+
+
+def test_stream_changes_to_an_audience_reach_members_index_and_size(world):
+    audiences.create_audience(world, "gold_live", HasTag(tag="vip", values=["gold"]))
+    before = audiences.refresh_audience(world, "gold_live", AS_OF)
+    inside = list(members(world, "gold_live"))
+    size = change_members(world, "gold_live", BitMap([999_999]), BitMap([inside[0]]), AS_OF)
+    assert size == before
+    assert members(world, "gold_live") == BitMap([*inside[1:], 999_999])
+    assert bitmaps.bitmap_count(world, InSegment(segment="gold_live")) == before
+    with world.warehouse.connect() as con:
+        sm = con.table("segment_members")
+        rows = sm.filter(sm.segment == "gold_live").person_key.to_pyarrow().to_pylist()
+    assert sorted(rows) == sorted([*inside[1:], 999_999])

@@ -11,6 +11,7 @@ import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import ibis
 import pyarrow as pa
 from pyroaring import BitMap
 from sqlalchemy import delete, insert, select, update
@@ -168,6 +169,43 @@ def write_members(
             con.insert("segment_members", table)
     bitmaps.put_segment(ws, name, buckets)
     size = len(BitMap.union(*buckets.values())) if buckets else 0
+    with ws.db.begin() as conn:
+        conn.execute(
+            update(segments)
+            .where(segments.c.name == name)
+            .values(size=size, refreshed_at=at or now())
+        )
+    return size
+
+
+def change_members(
+    ws: Workspace, name: str, entered: BitMap, exited: BitMap, at: datetime | None = None
+) -> int:
+    """Apply an audience's entries and exits (the stream path's per-event changes) to
+    ``segment_members``, its bitmap and its size; returns the new size."""
+    current = members(ws, name)
+    entered = entered - current
+    exited = exited & current
+    if entered or exited:
+        with ws.warehouse.connect() as con, ws.warehouse.transaction(con):
+            if exited:
+                gone = ibis.memtable(bitmaps.persons_table(exited))
+                con.create_table("_exited", gone, temp=True, overwrite=True)
+                con.raw_sql(
+                    "DELETE FROM segment_members WHERE segment = ? AND bucket IS NULL"
+                    " AND person_key IN (SELECT person_key FROM _exited)",
+                    parameters=[name],
+                )
+                con.drop_table("_exited", force=True)
+            if entered:
+                rows = bitmaps.persons_table(entered)
+                rows = rows.append_column(
+                    "segment", pa.repeat(pa.scalar(name, pa.string()), rows.num_rows)
+                ).append_column("bucket", pa.nulls(rows.num_rows, pa.string()))
+                con.insert("segment_members", rows.select(["segment", "bucket", "person_key"]))
+        current = (current | entered) - exited
+        bitmaps.put_segment(ws, name, {None: current})
+    size = len(current)
     with ws.db.begin() as conn:
         conn.execute(
             update(segments)
