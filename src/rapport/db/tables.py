@@ -296,3 +296,10 @@ segments = Table(
     Column("refreshed_at", DateTime(timezone=True)),
     Column("size", Integer),
 )
+
+
+# -- delivery (rapport.delivery) ----------------------------------------------------------------
+
+# -- leads (rapport.leads) ----------------------------------------------------------------------
+
+# -- scheduled jobs (rapport.jobs) --------------------------------------------------------------
