@@ -21,12 +21,14 @@ _ts = attrgetter("ts")
 
 @dataclass(slots=True)
 class EventRec:
-    """One event of the person: ``item`` is the properties of the item its ``item_id`` names."""
+    """One event of the person: ``item`` is the properties of the item its ``item_id`` names;
+    ``id`` is the warehouse's ``event_id`` (what a lead cites as evidence and dedupes on)."""
 
     ts: datetime
     event: str
     props: dict[str, Any] = field(default_factory=dict)
     item: dict[str, Any] | None = None
+    id: str | None = None
 
 
 @dataclass(slots=True)
