@@ -13,7 +13,7 @@ over real data narrows the vocabulary with a ``Vocabulary``::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import strategies as st
@@ -71,12 +71,27 @@ def durations() -> SearchStrategy[Duration]:
     return st.builds(Duration, amount=st.integers(1, 10_000), unit=st.sampled_from(list(Unit)))
 
 
+#: how far from a boundary the edge instants sit: on it, 1 µs and 1 s either side
+JITTER = (
+    timedelta(0),
+    timedelta(microseconds=1),
+    -timedelta(microseconds=1),
+    timedelta(seconds=1),
+    -timedelta(seconds=1),
+)
+
+
 def instants() -> SearchStrategy[datetime]:
-    """Aware datetimes (UTC, or a whole-minute offset), midnight or not, microseconds too."""
+    """Aware datetimes (UTC, or a whole-minute offset), midnight or not, microseconds too, and
+    midnights UTC give or take 1 µs / 1 s (the edges of ``between`` dates)."""
     offsets = st.sampled_from([UTC, timezone(timedelta(hours=8)), timezone(-timedelta(hours=5))])
     plain = st.datetimes(datetime(1990, 1, 1), datetime(2100, 1, 1), timezones=offsets)
     days = st.dates().map(lambda d: datetime(d.year, d.month, d.day, tzinfo=UTC))
-    return st.one_of(plain, days)
+    near = st.dates(date(1900, 1, 2), date(2199, 12, 30))  # room for the jitter
+    edges = st.builds(
+        lambda d, j: datetime(d.year, d.month, d.day, tzinfo=UTC) + j, near, st.sampled_from(JITTER)
+    )
+    return st.one_of(plain, days, edges)
 
 
 @dataclass

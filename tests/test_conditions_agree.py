@@ -1,15 +1,19 @@
 """Both compilers and the reference interpreter pick the same persons (issue 4, "Done when").
 
 Hypothesis draws a small warehouse (persons with typed-or-garbage attributes, tags, segment
-memberships, events with properties and item ids on a coarse time grid so that ties and window
-edges happen, items with a duplicate id) and a random condition tree over that vocabulary. The
+memberships, events with properties and item ids, items with a duplicate id) and a random
+condition tree over that vocabulary. Times aim at the edges: events sit exactly on, 1 µs and
+1 s either side of every window boundary the conditions can draw (``last N`` from as_of,
+``between`` midnights and instants), several events share an instant (ties in sequences, a
+``since`` anchor at the same instant as another event), and birthdays / datetimes sit on, and a
+day or a second either side of, the "within N days" boundaries. The
 batch compiler runs it on DuckDB (and, in ``test_conditions_spark.py``, on Spark), the stream
 compiler over the same persons' states; every answer must equal ``reference.matching``.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import ibis
@@ -71,9 +75,30 @@ OFFSETS = [
     for unit, ns in {"minutes": [-30, 0, 30], "hours": [1, 3], "days": [1, 30]}.items()
     for n in ns
 ]
-TIME_POINTS = [AS_OF - timedelta(days=d) for d in (0, 1, 3, 7, 30, 60)] + [
-    AS_OF + timedelta(days=1)
+#: every boundary gets events on it and this far either side
+JITTER = [
+    timedelta(0),
+    timedelta(microseconds=1),
+    -timedelta(microseconds=1),
+    timedelta(seconds=1),
+    -timedelta(seconds=1),
 ]
+#: the as_of values drawn below (``as_ofs``); worlds put their edges around one of them
+AS_OF_CHOICES = [
+    AS_OF,
+    AS_OF - timedelta(hours=1),
+    AS_OF + timedelta(hours=7, minutes=30),
+    AS_OF.replace(month=2),
+]
+#: midnights UTC: ``between`` boundaries that are whole dates
+MIDNIGHTS = [
+    datetime.combine(AS_OF.date() - timedelta(days=d), time(), UTC) for d in (-1, 0, 1, 3, 30)
+]
+TIME_POINTS = (
+    [AS_OF - timedelta(days=d) for d in (0, 1, 3, 7, 30, 60)]
+    + [AS_OF + timedelta(days=1)]
+    + MIDNIGHTS
+)
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -92,19 +117,60 @@ def props(draw: st.DrawFn) -> dict[str, Any]:
     return out
 
 
+def edges(as_of: datetime) -> list[datetime]:
+    """Instants on and around every boundary a window can have at ``as_of``: ``last`` spans
+    back from as_of, as_of itself, the ``between`` / ``from`` points and midnights."""
+    spans = sorted({d.seconds() for d in DURATIONS})
+    bases = [as_of - timedelta(seconds=s) for s in spans] + [as_of, *TIME_POINTS]
+    return sorted({b + j for b in bases for j in JITTER})
+
+
+def edge_attrs(as_of: datetime) -> dict[str, list[str]]:
+    """Birthdays whose anniversary is N days after as_of's date (and a day either side), for
+    every N "within N days" can draw; datetimes on, and 1 s / 1 µs around, ``in last`` /
+    ``in next`` boundaries and midnights."""
+    today = as_of.date()
+    days = sorted({d.amount for d in DURATIONS if d.unit == "days"} | {0})
+    birthdays = {
+        (today + timedelta(days=n + j)).replace(year=1990).isoformat()
+        for n in days
+        for j in (-1, 0, 1)
+        if (today + timedelta(days=n + j)).timetuple()[1:3] != (2, 29)
+    }
+    instants = [as_of - timedelta(seconds=d.seconds()) for d in DURATIONS] + [as_of]
+    instants += [as_of + timedelta(seconds=d.seconds()) for d in DURATIONS] + MIDNIGHTS
+    stamps = {
+        (i + j).astimezone(UTC).isoformat(sep=" ").removesuffix("+00:00")
+        for i in instants
+        for j in JITTER
+    }
+    return {"birthday": sorted(birthdays), "last_seen": sorted(stamps)}
+
+
 @st.composite
-def worlds(draw: st.DrawFn) -> World:
+def worlds(draw: st.DrawFn, as_of: datetime | None = None) -> World:
+    """A world whose times and dates crowd the boundaries of conditions evaluated at
+    ``as_of`` (default: one of the as_ofs drawn by ``as_ofs``)."""
+    anchor = as_of or draw(st.sampled_from(AS_OF_CHOICES))
+    near = edges(anchor)
+    raw = {a: list(v) for a, v in RAW_ATTRS.items()}
+    for a, extra in edge_attrs(anchor).items():
+        raw[a] = raw[a] + extra
     w = World(items=list(ITEMS))
     n = draw(st.integers(1, 5))
     keys = list(range(n))
     for k in keys:
         if draw(st.integers(0, 4)) > 0:
-            w.profiles[k] = {a: draw(st.none() | st.sampled_from(v)) for a, v in RAW_ATTRS.items()}
+            w.profiles[k] = {a: draw(st.none() | st.sampled_from(v)) for a, v in raw.items()}
+    name = st.sampled_from(EVENTS[:3]) | st.sampled_from(EVENTS)
     for person in keys:  # dense: most persons have events at most offsets (edges, ties)
         for offset in OFFSETS:
             for _ in range(draw(st.sampled_from([0, 1, 0, 0, 2]))):
-                name = draw(st.sampled_from(EVENTS[:3]) | st.sampled_from(EVENTS))
-                w.events.append((person, name, AS_OF - offset, draw(props())))
+                w.events.append((person, draw(name), AS_OF - offset, draw(props())))
+        # on and around the boundaries; often several events at one instant (ties)
+        for ts in draw(st.lists(st.sampled_from(near), max_size=6)):
+            for _ in range(draw(st.sampled_from([1, 1, 2, 3]))):
+                w.events.append((person, draw(name), ts, draw(props())))
     for k in keys:
         for tag, values in TAGS.items():
             for v in values:
@@ -121,24 +187,27 @@ def worlds(draw: st.DrawFn) -> World:
 
 
 # -- conditions -----------------------------------------------------------------------------
-#: mostly the spans between the event offsets above (edges), sometimes anything
-durations = st.sampled_from(
-    [
-        Duration(amount=a, unit=u)
-        for u, ns in {"minutes": [30], "hours": [1, 2, 3], "days": [1, 29, 30]}.items()
-        for a in ns
-    ]
-) | st.builds(
-    Duration,
-    amount=st.sampled_from([1, 2, 3, 7, 30]),
-    unit=st.sampled_from(["minutes", "hours", "days"]),
-)
+#: mostly the spans between the event offsets above (edges), sometimes any of the others
+EDGE_DURATIONS = [
+    Duration(amount=a, unit=u)
+    for u, ns in {"minutes": [30], "hours": [1, 2, 3], "days": [1, 29, 30]}.items()
+    for a in ns
+]
+DURATIONS = EDGE_DURATIONS + [
+    Duration(amount=a, unit=u)
+    for a in (1, 2, 3, 7, 30)
+    for u in ("minutes", "hours", "days")
+    if Duration(amount=a, unit=u) not in EDGE_DURATIONS
+]
+durations = st.sampled_from(EDGE_DURATIONS) | st.sampled_from(DURATIONS)
 ATTR_VALUES: dict[str, Any] = {
     "string": st.sampled_from(["Shanghai", "Beijing", "S", "hai", "shanghai"]),
     "integer": st.sampled_from([-3, 7, 18, 34, 61]),
     "number": st.sampled_from([-0.5, 0.5, 1.5, 2, 100]),
     "boolean": st.booleans(),
-    "datetime": st.sampled_from(["2024-03-01", "2024-02-28 09:00:00", "1990-03-05"]),
+    "datetime": st.sampled_from(
+        ["2024-03-01", "2024-02-28 09:00:00", "1990-03-05", "2024-02-29", "2024-03-01 12:00:00"]
+    ),
 }
 ORDERED = [Op.eq, Op.ne, Op.lt, Op.le, Op.gt, Op.ge]
 
@@ -258,9 +327,14 @@ conditions: st.SearchStrategy[Condition] = st.recursive(
     ),
     max_leaves=5,
 )
-as_ofs = st.sampled_from([AS_OF] * 6) | st.sampled_from(
-    [AS_OF - timedelta(hours=1), AS_OF + timedelta(hours=7, minutes=30), AS_OF.replace(month=2)]
-)
+as_ofs = st.sampled_from([AS_OF] * 6) | st.sampled_from(AS_OF_CHOICES[1:])
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[datetime, World]:
+    """An as_of and a world whose edges are drawn around that very as_of."""
+    as_of = draw(as_ofs)
+    return as_of, draw(worlds(as_of))
 
 
 # -- the check ------------------------------------------------------------------------------
@@ -305,14 +379,51 @@ PER_WORLD = 4  # conditions checked on each drawn world: 50 worlds x 4 = 200 tre
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    world=worlds(),
+    case=cases(),
     conds=st.lists(conditions, min_size=PER_WORLD, max_size=PER_WORLD),
-    as_of=as_ofs,
     typed=st.booleans(),
 )
 def test_duckdb_agrees(
-    duck: Any, world: World, conds: list[Condition], as_of: datetime, typed: bool
+    duck: Any, case: tuple[datetime, World], conds: list[Condition], typed: bool
 ) -> None:
+    as_of, world = case
     world.to_duckdb(duck, typed_props=typed)
     ctx = to_ibis.BatchContext(con=duck, as_of=as_of, attr_types=ATTR_TYPES)
     agree(ctx, world, conds, as_of)
+
+
+def test_every_edge_agrees_deterministically(duck: Any) -> None:
+    """One person per boundary instant (on it, ±1 µs, ±1 s), each with a view, a cart and a pay
+    at that very instant, and a birthday / last_seen on each edge: every ``last N`` window,
+    ``between`` midnights, ``since`` an anchor tied with other events, a sequence over tied
+    steps and "birthday within N days" must agree with the reference, whatever the hypothesis
+    draws happen to cover."""
+    w = World(items=list(ITEMS))
+    instants = edges(AS_OF)
+    extra = edge_attrs(AS_OF)
+    for k, ts in enumerate(instants):
+        for name in ("view", "cart", "pay"):
+            w.events.append((k, name, ts, {"qty": 1}))
+        w.profiles[k] = {
+            "birthday": extra["birthday"][k % len(extra["birthday"])],
+            "last_seen": extra["last_seen"][k % len(extra["last_seen"])],
+        }
+    conds: list[Condition] = []
+    for d in DURATIONS:
+        conds.append(Did(event="view", window=Window(last=d)))
+        conds.append(Attr(field="birthday", op=Op.anniversary_in_next, value=d))
+        conds.append(Attr(field="last_seen", op=Op.in_last, value=d))
+        conds.append(Attr(field="last_seen", op=Op.in_next, value=d))
+        conds.append(Sequence(steps=[Step(event="view"), Step(event="cart")], within=d))
+        conds.append(Sequence(steps=[Step(event="cart")], then_not=Step(event="pay"), within=d))
+    for a in MIDNIGHTS:
+        for b in MIDNIGHTS:
+            if a < b:
+                conds.append(Did(event="pay", window=Window(start=a, end=b)))
+        conds.append(Attr(field="last_seen", op=Op.between, value=[a.date().isoformat()] * 2))
+    conds.append(Did(event="cart", op=Op.ge, threshold=1, window=Window(since_event="view")))
+    conds.append(Did(event="view", op=Op.ge, threshold=1, window=Window(since_event="view")))
+    w.to_duckdb(duck)
+    ctx = to_ibis.BatchContext(con=duck, as_of=AS_OF, attr_types=ATTR_TYPES)
+    for start in range(0, len(conds), 50):
+        agree(ctx, w, conds[start : start + 50], AS_OF)

@@ -321,6 +321,25 @@ def test_a_valid_condition_has_no_errors(workspace):
     assert validate(cond, plan, tags=set(), segments={}, attrs=attrs) == []
 
 
+def test_validate_checks_step_references_against_the_plan(workspace):
+    plan = _plan(workspace)
+    cond = parse(
+        "sequence view_product as a then order_paid where channel = a.item_id and "
+        "amount >= a.price and amount = a.item_id and channel = a.colour within 30 minutes"
+    )
+    errors = validate(cond, plan, tags=set(), segments={}, attrs={})
+    assert {(e.path, e.message) for e in errors} == {
+        (
+            "$.steps[1].where[2].value",
+            "`amount` is number but `a.item_id` is string: a reference compares like with like",
+        ),
+        (
+            "$.steps[1].where[3].value",
+            "unknown property `colour` on event view_product",
+        ),
+    }
+
+
 def test_context_reads_the_workspace(workspace):
     _plan(workspace)
     now = datetime.now(UTC)

@@ -475,3 +475,63 @@ def test_stream_changes_to_an_audience_reach_members_index_and_size(world):
         sm = con.table("segment_members")
         rows = sm.filter(sm.segment == "gold_live").person_key.to_pyarrow().to_pylist()
     assert sorted(rows) == sorted([*inside[1:], 999_999])
+
+
+# -- size over time ------------------------------------------------------------------------------
+def test_audience_size_over_time_keeps_a_point_a_minute(world, client, admin_headers):
+    from datetime import timedelta
+
+    audiences.create_audience(world, "gold_t", HasTag(tag="vip", values=["gold"]))
+    audiences.refresh_audience(world, "gold_t", AS_OF)  # persons 1 and 6
+    # live changes less than a minute after the last point update it (no row per event)
+    change_members(world, "gold_t", BitMap([101]), BitMap(), AS_OF + timedelta(seconds=10))
+    change_members(world, "gold_t", BitMap([102]), BitMap(), AS_OF + timedelta(seconds=50))
+    change_members(world, "gold_t", BitMap(), BitMap([1]), AS_OF + timedelta(seconds=70))
+    audiences.refresh_audience(world, "gold_t", AS_OF + timedelta(hours=1))  # back to 1 and 6
+
+    r = client.get("/api/segments/gold_t/sizes", headers=admin_headers)
+    assert r.status_code == 200, r.text
+    t0 = AS_OF.isoformat()
+    t70 = (AS_OF + timedelta(seconds=70)).isoformat()
+    t1h = (AS_OF + timedelta(hours=1)).isoformat()
+    assert r.json() == {
+        "segment": "gold_t",
+        "kind": "audience",
+        "series": [{"bucket": None, "points": [[t0, 4], [t70, 3], [t1h, 2]]}],
+    }
+    since = client.get(
+        "/api/segments/gold_t/sizes", params={"since": t70}, headers=admin_headers
+    ).json()
+    assert since["series"][0]["points"] == [[t70, 3], [t1h, 2]]
+    missing = client.get("/api/segments/nope/sizes", headers=admin_headers)
+    assert missing.status_code == 404
+
+
+def test_segmentation_sizes_per_bucket_and_the_chart(world, client):
+    from rapport.accounts import Role
+    from test_console import as_role
+
+    needs_batch_compiler()
+    segmentations.create_segmentation(world, "gender_age", gender_age())
+    segmentations.refresh_segmentation(world, "gender_age", AS_OF)
+    series = {
+        s["bucket"]: s["points"]
+        for s in client.get("/api/segments/gender_age/sizes", headers=_admin(world)).json()[
+            "series"
+        ]
+    }
+    assert series[None] == [[AS_OF.isoformat(), 6]]
+    assert series["f_under_40"] == [[AS_OF.isoformat(), 2]]
+    assert set(series) == {None, "m_under_40", "m_40_plus", "f_under_40", "f_40_plus", "other"}
+
+    as_role(client, world, Role.marketer)
+    page = client.get("/segments/gender_age")
+    assert page.status_code == 200
+    assert "Size over time" in page.text and 'id="sizes-chart"' in page.text
+    assert "f_under_40" in page.text.split('id="sizes-chart"')[1].split(">")[0]  # a line each
+
+
+def _admin(ws: Workspace) -> dict[str, str]:
+    from rapport import accounts
+
+    return {"Authorization": f"Bearer {accounts.create_token(ws.db, accounts.Role.admin, 't')}"}

@@ -401,6 +401,11 @@ def test_definitions_are_checked_with_the_field_named(workspace):
     with pytest.raises(TagError) as err:
         tag(workspace, "x", "rule", {"condition": {"kind": "did", "event": "e", "agg": "sum"}})
     assert err.value.field.startswith("definition.condition")
+    body = TagIn(name="x", kind="rule", schedule="daily at 25:00", definition={})
+    body.definition = {"condition": {"kind": "tag", "tag": "vip"}}
+    with pytest.raises(TagError) as err:
+        create_tag(workspace.db, body)
+    assert err.value.field == "schedule" and "hour" in err.value.message
 
 
 # -- rule tags -----------------------------------------------------------------------------------

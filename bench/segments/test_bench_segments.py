@@ -367,7 +367,8 @@ def test_b_five_leaves_two_behaviour(ws: Any, con: Any) -> None:
     except ImportError as exc:
         missing("(b) 5-leaf condition", exc)
         return
-    ctx = BatchContext(con, as_of, attr_types(ws))
+    # as the engine runs on the warehouse: declared properties live in their typed columns
+    ctx = BatchContext(con, as_of, attr_types(ws), props_in_columns=True)
     for what, cond, sql_text in [
         ("(b) 5 leaves, 2 behaviour", MIXED_COND, MIXED_SQL),
         ("(b') seed rule: high net worth", HNW_COND, HNW_SQL),

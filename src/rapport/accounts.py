@@ -97,18 +97,19 @@ def create_token(
 
 
 def token_principal(engine: Engine, token: str) -> dict[str, Any] | None:
-    """``{"name", "role"}`` for a valid bearer token, else None."""
+    """``{"name", "role"}`` for a valid bearer token, else None. A token made for a user acts
+    as that user (a lead an agent claims through the API is theirs in the console too)."""
     digest = _token_hash(token)
     with engine.begin() as conn:
         row = conn.execute(
-            select(api_tokens.c.id, api_tokens.c.name, api_tokens.c.role).where(
-                api_tokens.c.token_hash == digest
-            )
+            select(api_tokens.c.id, api_tokens.c.name, api_tokens.c.role, users.c.username)
+            .outerjoin(users, users.c.id == api_tokens.c.user_id)
+            .where(api_tokens.c.token_hash == digest)
         ).first()
         if row is None:
             return None
         conn.execute(update(api_tokens).where(api_tokens.c.id == row.id).values(last_used_at=now()))
-    return {"name": f"token:{row.name}", "role": row.role}
+    return {"name": row.username or f"token:{row.name}", "role": row.role}
 
 
 def audit(engine: Engine, actor: str, action: str, target: str = "", **detail: Any) -> None:

@@ -121,6 +121,8 @@ def _register() -> None:
         ("rapport.identity.cli", "identity"),
         ("rapport.tags.cli", "tags"),
         ("rapport.segments.cli", "segments"),
+        ("rapport.delivery.cli", "delivery"),
+        ("rapport.jobs.cli", "jobs"),
     ]:
         try:
             mod = importlib.import_module(module)

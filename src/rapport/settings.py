@@ -46,8 +46,42 @@ class Settings:
     #: DuckDB's memory limit for warehouse work (e.g. ``8GB``); empty = a third of this
     #: machine's RAM (DuckDB's own default, 80 %, leaves nothing for the rest of Rapport).
     warehouse_memory_limit: str = ""
+    #: Delivery (``rapport.delivery``): run the outbox dispatcher inside the app process (tests,
+    #: embedded use); ``rapport serve`` should run ``rapport delivery dispatch`` beside it.
+    dispatcher_in_process: bool = True
+    #: Seconds before retry n (full jitter: a random wait up to the step; the last repeats).
+    delivery_retry_schedule: str = "10,30,120,600,1800,3600,10800,21600"
+    #: A message is dead after this many tries, or this long after it was queued.
+    delivery_max_attempts: int = 12
+    delivery_max_age_hours: float = 24.0
+    #: Messages claimed per batch, sends in flight, and how long a claim is leased (a killed
+    #: dispatcher's messages are sent again after the lease).
+    delivery_batch: int = 500
+    delivery_concurrency: int = 64
+    delivery_lease_seconds: float = 60.0
+    #: Circuit breaker per channel: open after this many consecutive failures, probe again
+    #: after the cool-down (seconds).
+    delivery_breaker_failures: int = 5
+    delivery_breaker_cooldown: float = 30.0
+    #: Seconds between two looks at the outbox when nothing was due.
+    delivery_poll_interval: float = 0.5
     #: Path of the front-end packages installed from npm (``node_modules``).
     assets_dir: str = ""
+    #: The workspace's time zone (IANA name): scheduled jobs read "daily at 06:00" in it.
+    timezone: str = "UTC"
+    #: When dynamic audiences and segmentations are refreshed (``rapport.jobs.schedule`` text).
+    segment_schedule: str = "hourly"
+    #: When the lifecycle is refreshed (and its transition events emitted).
+    lifecycle_schedule: str = "daily at 02:00"
+    #: Stream rules (stage 2): how late an event may arrive and still be judged on time; the
+    #: watermark (event time up to which timers fire) trails the latest event time by this.
+    stream_lateness_seconds: float = 0.0
+    #: After this long without new events the watermark follows the wall clock (minus the
+    #: lateness), so absence rules and windows still end in a quiet log; 0: never.
+    stream_idle_seconds: float = 60.0
+    #: Person states the stream engine keeps in memory (least recently used ones are dropped
+    #: and reloaded from the warehouse when needed).
+    stream_max_persons: int = 100_000
     secret_key: str = field(default="", repr=False)
 
     # -- derived paths ---------------------------------------------------------------------

@@ -15,16 +15,19 @@ Typing rules shared with ``to_ibis`` (which implements the same ones in SQL):
 from __future__ import annotations
 
 import calendar
+import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from rapport.conditions.errors import ConditionError
 from rapport.conditions.model import (
     RELATIVE,
+    SYSTEM_EVENTS,
     And,
     Attr,
     Compare,
@@ -37,6 +40,7 @@ from rapport.conditions.model import (
     Not,
     Op,
     Or,
+    Ref,
     Sequence,
     Step,
     Window,
@@ -191,12 +195,37 @@ def attr_matches(cmp: Compare, value: Any, kind: str, as_of: datetime, path: str
     return compare(cmp.op, value, want)
 
 
-def filter_matches(cmp: Compare, rec: EventRec, path: str) -> bool:
-    """An event filter (``where``) on one event: an event property or ``item.<prop>``."""
-    if cmp.field.startswith("item."):
-        raw = (rec.item or {}).get(cmp.field[5:])
-    else:
-        raw = rec.props.get(cmp.field)
+def field_value(rec: EventRec, name: str) -> Any:
+    """An event property, or ``item.<prop>`` of the event's item (None: missing)."""
+    if name.startswith("item."):
+        return (rec.item or {}).get(name[5:])
+    return rec.props.get(name)
+
+
+def ref_compare(op: Op, have: Any, want: Any) -> bool:
+    """``have op want`` for a step reference: as numbers when both read as numbers
+    (``prop_number``), otherwise as text (``prop_text``); a missing side never matches."""
+    if have is None or want is None:
+        return False
+    a, b = prop_number(have), prop_number(want)
+    if a is None or b is None:
+        return compare(op, prop_text(have), prop_text(want))
+    return compare(op, a, b)
+
+
+#: the events a sequence's steps have matched so far, by step name (for ``Ref`` values)
+Env = Mapping[str, EventRec]
+
+
+def filter_matches(cmp: Compare, rec: EventRec, path: str, env: Env | None = None) -> bool:
+    """An event filter (``where``) on one event: an event property or ``item.<prop>``;
+    a ``Ref`` value compares with the named earlier step's event in ``env``."""
+    raw = field_value(rec, cmp.field)
+    if isinstance(cmp.value, Ref):
+        other = (env or {}).get(cmp.value.alias)
+        if other is None:
+            raise ConditionError(f"`{cmp.value.ref}` names no earlier step", path)
+        return ref_compare(cmp.op, raw, field_value(other, cmp.value.field))
     if cmp.op is Op.not_set:
         return raw is None
     if cmp.op is Op.is_set:
@@ -244,9 +273,11 @@ def in_window(events: list[EventRec], window: Window, as_of: datetime) -> list[E
     return sorted(out, key=lambda e: e.ts)
 
 
-def step_matches(step: Step | EventIs | Did, rec: EventRec, path: str) -> bool:
+def step_matches(
+    step: Step | EventIs | Did, rec: EventRec, path: str, env: Env | None = None
+) -> bool:
     return rec.event == step.event and all(
-        filter_matches(c, rec, f"{path}.where[{i}]") for i, c in enumerate(step.where)
+        filter_matches(c, rec, f"{path}.where[{i}]", env) for i, c in enumerate(step.where)
     )
 
 
@@ -273,59 +304,227 @@ def did_matches(did: Did, state: PersonState, as_of: datetime, path: str) -> boo
     return value is not None and compare(did.op, value, float(did.threshold))
 
 
+def atoms(seq: Sequence) -> list[tuple[Step, str]]:
+    """The steps with every counted step written out (``3 times A`` is ``A then A then A``;
+    the first copy keeps the step's ``next``), each with its JSON path."""
+    out: list[tuple[Step, str]] = []
+    for i, step in enumerate(seq.steps):
+        for k in range(step.times):
+            one = step if step.times == 1 else step.model_copy(update={"times": 1})
+            if k:
+                one = one.model_copy(update={"next": False})
+            out.append((one, f"$.steps[{i}]"))
+    return out
+
+
+def is_plain(seq: Sequence) -> bool:
+    """No strict, counted or referring step: the sequences every compiler has always run."""
+    steps = [*seq.steps, *(x for x in (seq.excluding, seq.then_not) if x is not None)]
+    return not any(
+        s.next or s.times != 1 or s.alias or any(isinstance(c.value, Ref) for c in s.where)
+        for s in steps
+    )
+
+
+def counted(events: list[EventRec]) -> list[datetime]:
+    """The times of the events that break a strict contiguity (all but ``SYSTEM_EVENTS``)."""
+    return [e.ts for e in events if e.event not in SYSTEM_EVENTS]
+
+
+def chains(seq: Sequence, events: list[EventRec], path: str) -> Iterator[list[EventRec]]:
+    """Every chain of ``events`` (time-ordered) matching the sequence's steps: strictly
+    increasing times, the last within ``within`` of the first, a ``next`` step with no
+    counted event strictly between it and the step before, references holding, and no
+    ``excluding`` event strictly between the first and the last."""
+    steps = atoms(seq)
+    within = timedelta(seconds=seq.within.seconds())
+    breaks = counted(events)
+    excluding = seq.excluding
+
+    def go(k: int, chain: list[EventRec], env: dict[str, EventRec]) -> Iterator[list[EventRec]]:
+        if k == len(steps):
+            if excluding is None or not any(
+                chain[0].ts < x.ts < chain[-1].ts
+                and step_matches(excluding, x, f"{path}.excluding", env)
+                for x in events
+            ):
+                yield chain
+            return
+        step, where = steps[k]
+        prev = chain[-1] if chain else None
+        for e in events:
+            if prev is not None:
+                if e.ts <= prev.ts or e.ts - chain[0].ts > within:
+                    continue
+                if step.next and any(prev.ts < b < e.ts for b in breaks):
+                    continue
+            if not step_matches(step, e, path + where[1:], env):
+                continue
+            yield from go(k + 1, [*chain, e], env | {step.alias: e} if step.alias else env)
+
+    yield from go(0, [], {})
+
+
+def absent(seq: Sequence, a: EventRec, events: list[EventRec], path: str) -> bool:
+    """No ``then_not`` event (referring to ``a`` when it is named) in ``(a, a + within]``."""
+    assert seq.then_not is not None
+    within = timedelta(seconds=seq.within.seconds())
+    env = {seq.steps[0].alias: a} if seq.steps[0].alias else {}
+    return not any(
+        a.ts < b.ts <= a.ts + within and step_matches(seq.then_not, b, f"{path}.then_not", env)
+        for b in events
+    )
+
+
 def sequence_matches(seq: Sequence, state: PersonState, as_of: datetime, path: str) -> bool:
-    """Some chain of events matching the steps in order, with strictly increasing times,
-    spanning at most ``within``, with no ``excluding`` event strictly between its ends; or, with
-    ``then_not``, some first step that no ``then_not`` event followed within ``within``."""
+    """Some chain of events matching the steps (``chains``); or, with ``then_not``, some
+    first step that no ``then_not`` event followed within ``within`` (judged once ``within``
+    has passed by ``as_of``)."""
     events = in_window(state.events, seq.window, as_of)
     within = timedelta(seconds=seq.within.seconds())
     check_sequence(seq, path)
     if seq.then_not is not None:
-        then_not = seq.then_not
-        for a in events:
-            if not step_matches(seq.steps[0], a, f"{path}.steps[0]"):
-                continue
-            if a.ts + within > as_of:
-                continue
-            if not any(
-                a.ts < b.ts <= a.ts + within and step_matches(then_not, b, f"{path}.then_not")
-                for b in events
-            ):
-                return True
-        return False
-    n = len(seq.steps)
-
-    def chains(k: int, after: EventRec, first: EventRec) -> Iterable[EventRec]:
-        """The last events of every chain completing steps k.. after ``after``."""
-        for e in events:
-            if e.ts > after.ts and step_matches(seq.steps[k], e, f"{path}.steps[{k}]"):
-                if k == n - 1:
-                    yield e
-                else:
-                    yield from chains(k + 1, e, first)
-
-    for first in events:
-        if not step_matches(seq.steps[0], first, f"{path}.steps[0]"):
-            continue
-        for last in chains(1, first, first):
-            if last.ts - first.ts > within:
-                continue
-            excluding = seq.excluding
-            if excluding is not None and any(
-                first.ts < x.ts < last.ts and step_matches(excluding, x, f"{path}.excluding")
-                for x in events
-            ):
-                continue
-            return True
-    return False
+        return any(
+            step_matches(seq.steps[0], a, f"{path}.steps[0]")
+            and a.ts + within <= as_of
+            and absent(seq, a, events, path)
+            for a in events
+        )
+    return next(chains(seq, events, path), None) is not None
 
 
 def check_sequence(seq: Sequence, path: str) -> None:
     """Shapes the model allows but the semantics do not define."""
-    if seq.then_not is not None and len(seq.steps) != 1:
+    if seq.then_not is not None and (len(seq.steps) != 1 or seq.steps[0].times != 1):
         raise ConditionError("`then not` follows exactly one step", path)
     if seq.then_not is not None and seq.excluding is not None:
         raise ConditionError("`then not` and `without ... in between` do not combine", path)
+
+
+# -- trigger matches ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One firing of a trigger: when (event time), the events that made it, and a key that is
+    the same wherever and however often the match is found (the evidence events' ids)."""
+
+    fired_at: datetime
+    evidence: tuple[EventRec, ...]
+    key: str
+
+
+def match_key(evidence: Iterable[EventRec]) -> str:
+    """The dedupe key of a match: a hash of its evidence events' ids, in chain order (an event
+    without an id stands for itself by name and time)."""
+    ids = [e.id if e.id is not None else f"{e.event}@{e.ts.isoformat()}" for e in evidence]
+    return hashlib.blake2b("\x1f".join(ids).encode(), digest_size=16).hexdigest()
+
+
+def order(e: EventRec) -> tuple[datetime, str]:
+    """How triggers read events: by time, events of the same time by id."""
+    return e.ts, e.id or ""
+
+
+def capture_fields(seq: Sequence) -> list[tuple[str, str]]:
+    """The (step name, property) pairs that filters refer to, in order of first use: the
+    values a match's partition key is made of."""
+    found: list[tuple[str, str]] = []
+    for step in [*seq.steps, *(x for x in (seq.excluding, seq.then_not) if x is not None)]:
+        for c in step.where:
+            if isinstance(c.value, Ref) and (c.value.alias, c.value.field) not in found:
+                found.append((c.value.alias, c.value.field))
+    return found
+
+
+def partition(fields: list[tuple[str, str]], env: Env) -> tuple[str | None, ...]:
+    """The partition key of a chain: the referred-to values (as ``prop_text``)."""
+    return tuple(prop_text(field_value(env[a], f)) for a, f in fields)
+
+
+def check_trigger(cond: Condition, path: str = "$") -> EventIs | Sequence:
+    """A lead rule's trigger is one event or one sequence, judged as events happen (so a
+    sequence takes no window)."""
+    if isinstance(cond, EventIs):
+        return cond
+    if not isinstance(cond, Sequence):
+        raise ConditionError("a trigger is `event ...` or `sequence ...`", path)
+    check_sequence(cond, path)
+    if cond.window != Window():
+        raise ConditionError("a trigger's sequence takes no window: it fires as it happens", path)
+    return cond
+
+
+def trigger_matches(cond: Condition, events: Iterable[EventRec], until: datetime) -> list[Match]:
+    """Every match of trigger ``cond`` over a person's whole history, as of event time
+    ``until`` (docs/conditions.md, "Trigger matches"), in firing order (ties: by key).
+
+    - ``event X where ...``: every matching event.
+    - a sequence: at each time ``t`` and for each partition key, at most one match among the
+      chains completing at ``t`` whose first event is later than the key's previous match's
+      last event (no overlapping leads); the chain with the latest start, ties broken by the
+      earliest later events (time, then id).
+    - ``A then not B within T``: an A opens a wait on ``(A, A+T]`` unless one of its key is
+      open (it is absorbed); a B inside it closes it; a wait still open at ``A+T`` fires then.
+    """
+    trigger = check_trigger(cond)
+    evs = sorted((e for e in events if e.ts <= until), key=order)
+    if isinstance(trigger, EventIs):
+        return [Match(e.ts, (e,), match_key([e])) for e in evs if step_matches(trigger, e, "$")]
+    fields = capture_fields(trigger)
+    if trigger.then_not is not None:
+        return _absences(trigger, evs, until, fields)
+    steps = atoms(trigger)
+
+    def env_of(chain: list[EventRec]) -> dict[str, EventRec]:
+        return {s.alias: e for (s, _), e in zip(steps, chain, strict=True) if s.alias}
+
+    found: dict[tuple[datetime, tuple[str | None, ...]], list[list[EventRec]]] = {}
+    for chain in chains(trigger, evs, "$"):
+        found.setdefault((chain[-1].ts, partition(fields, env_of(chain))), []).append(chain)
+    out: list[Match] = []
+    barrier: dict[tuple[str | None, ...], datetime] = {}
+    for t, key in sorted(found, key=lambda k: (k[0], [v or "" for v in k[1]])):
+        fresh = [c for c in found[t, key] if key not in barrier or c[0].ts > barrier[key]]
+        if not fresh:
+            continue
+        best = min(fresh, key=lambda c: (-c[0].ts.timestamp(), [order(e) for e in c]))
+        barrier[key] = t
+        out.append(Match(t, tuple(best), match_key(best)))
+    return sorted(out, key=lambda m: (m.fired_at, m.key))
+
+
+def _absences(
+    seq: Sequence, evs: list[EventRec], until: datetime, fields: list[tuple[str, str]]
+) -> list[Match]:
+    assert seq.then_not is not None
+    first, name = seq.steps[0], seq.steps[0].alias
+    within = timedelta(seconds=seq.within.seconds())
+    waits: dict[tuple[str | None, ...], EventRec] = {}
+    out: list[Match] = []
+
+    def fire(before: datetime, inclusive: bool) -> None:
+        for key, a in list(waits.items()):
+            due = a.ts + within
+            if due < before or (inclusive and due == before):
+                out.append(Match(due, (a,), match_key([a])))
+                del waits[key]
+
+    i = 0
+    while i < len(evs):
+        t = evs[i].ts
+        run = [e for e in evs[i:] if e.ts == t]
+        i += len(run)
+        fire(t, inclusive=False)
+        for b in run:
+            for key, a in list(waits.items()):
+                env = {name: a} if name else {}
+                if a.ts < t and step_matches(seq.then_not, b, "$.then_not", env):
+                    del waits[key]
+        for a in run:
+            if step_matches(first, a, "$.steps[0]"):
+                key = partition(fields, {name: a} if name else {})
+                waits.setdefault(key, a)
+    fire(until, inclusive=True)
+    return sorted(out, key=lambda m: (m.fired_at, m.key))
 
 
 # -- the tree -------------------------------------------------------------------------------

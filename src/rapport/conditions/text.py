@@ -6,6 +6,8 @@ marketer can edit that sentence. The grammar (docs/conditions.md) reads like Eng
     age >= 30 and city in ["上海", "北京"] and email is set
     did view_product where item.category = "fridge" and price >= 5000 at least 3 times
     sequence add_to_cart then not order_paid within 30 minutes
+    sequence view_product as a next add_to_cart where item_id = a.item_id within 10 minutes
+    sequence 3 times view_product within 10 minutes
 
 Precedence: ``not`` > ``and`` > ``or``; parentheses group. A ``where`` clause takes every
 ``and``-joined comparison that follows it, so the printer parenthesises a behaviour leaf that
@@ -44,6 +46,7 @@ from rapport.conditions.model import (
     Not,
     Op,
     Or,
+    Ref,
     Scalar,
     Sequence,
     Step,
@@ -80,7 +83,7 @@ KEYWORDS = frozenset(
         *("sequence", "event", "where", "then", "within", "without", "between", "from"),
         *("before", "since", "last", "next", "the", "is", "set", "null", "true", "false"),
         *("contains", "starts", "with", "anniversary", "count", "sum", "avg", "min", "max"),
-        *("distinct", "at", "least", "most", "time", "times", "do"),
+        *("distinct", "at", "least", "most", "time", "times", "do", "as"),
     }
 )
 #: words that start a condition (an attribute of that name is quoted, or followed by `=`...)
@@ -199,6 +202,10 @@ class _Parser:
         self.text = text
         self.tokens = tokenize(text)
         self.i = 0
+        #: the step names defined so far while parsing a sequence (None: not in one)
+        self.aliases: list[str] | None = None
+        #: in a `without` step: the first step's name, the only one it may compare with
+        self.first_only: str | None = None
 
     # helpers
     def peek(self, ahead: int = 0) -> Token:
@@ -401,6 +408,21 @@ class _Parser:
         if token.kind == "date":  # a bare date as a value is the text of the date
             self.i += 1
             return token.text
+        if token.kind == "word" and "." in token.text and self.aliases is not None:
+            alias = token.text.split(".", 1)[0]
+            if alias not in self.aliases:
+                known = ", ".join(f"`{a}`" for a in self.aliases) or "none yet"
+                self.fail(
+                    f"`{token.text}` refers to no earlier step: name a step with `as {alias}` "
+                    f"before this one (named so far: {known})"
+                )
+            if self.first_only is not None and alias != self.first_only:
+                self.fail(
+                    "`without` compares only with the first step (the events between the "
+                    "first and the last are judged as they come)"
+                )
+            self.i += 1
+            return Ref(ref=token.text)  # type: ignore[return-value]
         if token.is_word("true", "false", "null"):
             self.i += 1
             return {"true": True, "false": False, "null": None}[token.text.lower()]
@@ -519,28 +541,76 @@ class _Parser:
         did = self.build(start, Did, event=event, where=where, window=window, **measure)
         return Not(cond=did) if negated else did
 
-    def step(self, after: Token) -> Step:
+    def step(self, after: Token, *, strict: bool = False, plain: bool = False) -> Step:
+        """``[N times] event [as name] [where ...]``; ``plain``: no count and no name (the
+        event of `then not` / `without`)."""
         token = self.peek()
+        times = 1
+        if token.kind == "number" and self.peek(1).is_word("times", "time"):
+            if plain or not isinstance(token.value, int) or token.value < 1:
+                self.fail(
+                    "a count is a whole number before a step: `3 times view_product`"
+                    if not plain
+                    else f"`{after.text}` takes an event and filters, not a count"
+                )
+            times = token.value
+            self.i += 2
+            after = self.tokens[self.i - 1]
+        event_token = self.peek()
         event = self.name("an event name", after)
-        return self.build(token, Step, event=event, where=self.where())
+        alias = None
+        if as_ := self.accept("as"):
+            alias_token = self.peek()
+            if plain:
+                self.fail(f"`{after.text}` takes an event and filters, not a name", as_)
+            if (
+                alias_token.kind != "word"
+                or not NAME.fullmatch(alias_token.text)
+                or ("." in alias_token.text or alias_token.text.lower() in KEYWORDS)
+            ):
+                self.fail(
+                    f"expected a step name (a plain word) after `as`, found {alias_token.shown()}"
+                )
+            alias = alias_token.text
+            assert self.aliases is not None
+            if alias in self.aliases:
+                self.fail(f"`{alias}` already names a step", alias_token)
+            if times > 1:
+                self.fail("a counted step cannot be named: which occurrence would it be?", as_)
+            self.i += 1
+        where = self.where()
+        if alias is not None:
+            assert self.aliases is not None
+            self.aliases.append(alias)
+        return self.build(
+            event_token, Step, event=event, where=where, alias=alias, next=strict, times=times
+        )
 
     def sequence(self) -> Sequence:
         start = self.next()
-        steps = [self.step(start)]
-        then_not = None
-        while then := self.accept("then"):
-            if not_ := self.accept("not"):
-                then_not = self.step(not_)
-                break
-            steps.append(self.step(then))
-        if not self.peek().is_word("within"):
-            self.fail(
-                f"expected `within` and a duration to end the sequence, found {self.peek().shown()}"
-            )
-        within = self.duration(self.next())
-        excluding = None
-        if without := self.accept("without"):
-            excluding = self.step(without)
+        outer, self.aliases = self.aliases, []
+        try:
+            steps = [self.step(start)]
+            then_not = None
+            while then := self.accept("then", "next"):
+                if not_ := self.accept("not"):
+                    if then.is_word("next"):
+                        self.fail("`not` follows `then`: `A then not B within T`", not_)
+                    then_not = self.step(not_, plain=True)
+                    break
+                steps.append(self.step(then, strict=then.is_word("next")))
+            if not self.peek().is_word("within"):
+                self.fail(
+                    "expected `within` and a duration to end the sequence, found "
+                    f"{self.peek().shown()}"
+                )
+            within = self.duration(self.next())
+            excluding = None
+            if without := self.accept("without"):
+                self.first_only = steps[0].alias or ""
+                excluding = self.step(without, plain=True)
+        finally:
+            self.aliases, self.first_only = outer, None
         return self.build(
             start,
             Sequence,
@@ -645,7 +715,8 @@ def _cond(cond: Condition) -> tuple[str, bool]:
         parts += [p for p in (measure, window) if p]
         return " ".join(parts), bool(cond.where) and not measure and not window
     if isinstance(cond, Sequence):
-        text = "sequence " + " then ".join(_step(s) for s in cond.steps)
+        text = "sequence " + _step(cond.steps[0])
+        text += "".join(f" {'next' if s.next else 'then'} {_step(s)}" for s in cond.steps[1:])
         if cond.then_not is not None:
             text += f" then not {_step(cond.then_not)}"
         text += f" within {_duration(cond.within)}"
@@ -673,6 +744,10 @@ def _name(name: str) -> str:
 
 
 def _value(value: Any) -> str:
+    if isinstance(value, Ref):
+        if not NAME.fullmatch(value.ref) or value.alias.lower() in KEYWORDS:
+            raise ConditionError(f"`{value.ref}` has no text form: use plain names")
+        return value.ref
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -717,7 +792,9 @@ def _where_text(where: list[Compare]) -> str:
 
 
 def _step(step: Step) -> str:
-    return _name(step.event) + _where_text(step.where)
+    count = f"{step.times} times " if step.times != 1 else ""
+    alias = f" as {step.alias}" if step.alias is not None else ""
+    return count + _name(step.event) + alias + _where_text(step.where)
 
 
 def _threshold(value: float) -> str:

@@ -20,6 +20,12 @@ window is whether the latest complete chain starts inside it. ``A then not B wit
 once some A has gone ``T`` without a B (one pass over the window's A and B events); until then
 ``next_deadline`` says when to look again (a timer on event time), as it does for windows that
 will let an event go and for dates coming into range.
+
+Patterns (strict ``next`` steps, counted steps, step references) and lead-rule triggers run on
+``_Pattern``: per step, one partial match per distinct combination of referred-to values (the
+latest start dominates), read one time group at a time. ``compile_trigger`` turns an ``event``
+or a window-less sequence into a ``Trigger`` reporting ``Match``es (docs/conditions.md,
+"Trigger matches"); ``replay`` reads a whole history with it (batch backtests).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Any, Protocol
 from rapport.conditions.errors import ConditionError
 from rapport.conditions.model import (
     RELATIVE,
+    SYSTEM_EVENTS,
     And,
     Attr,
     Compare,
@@ -48,27 +55,42 @@ from rapport.conditions.model import (
     Not,
     Op,
     Or,
+    Ref,
     Sequence,
     Step,
     Window,
 )
 from rapport.conditions.reference import (
+    Env,
+    Match,
+    atoms,
+    capture_fields,
     check_sequence,
+    check_trigger,
     condition_value,
+    field_value,
+    is_plain,
+    match_key,
     next_anniversary,
     numeric_filter,
+    order,
     prop_number,
     prop_text,
+    ref_compare,
 )
 from rapport.stream.state import EventRec, PersonState, Retention
 
 __all__ = [
+    "Match",
     "Predicate",
+    "Trigger",
+    "compile_trigger",
     "StreamRule",
     "compile",
     "compile_rule",
     "events_of_interest",
     "next_deadline",
+    "replay",
     "retention",
 ]
 
@@ -165,6 +187,8 @@ def events_of_interest(cond: Condition, *, negated: bool = False) -> set[str] | 
         case EventIs(event=name):
             return None if negated else {name}
         case Sequence():
+            if any(s.next for s in cond.steps):
+                return None  # any event can break a strict contiguity
             names = {s.event for s in cond.steps} | _anchor(cond.window)
             for extra in (cond.excluding, cond.then_not):
                 if extra is not None:
@@ -486,6 +510,8 @@ class _Compiler:
 
     def sequence(self, q: Sequence, path: str) -> _Pred:
         check_sequence(q, path)
+        if not is_plain(q):
+            return _pattern_pred(q, path)
         gather = _gatherer(q)
         within = timedelta(seconds=q.within.seconds())
         if q.then_not is not None:
@@ -598,6 +624,17 @@ class _Compiler:
         leaving = _leaving(q.window, lambda s: s.of(q.steps[0].event), _step(q.steps[0], "$"))
         if q.then_not is None:
             return leaving
+        if not is_plain(q):  # conservative: when the next first step's wait runs out
+            first, rng = _step(q.steps[0], "$"), _range(q.window)
+            span = timedelta(seconds=q.within.seconds())
+
+            def pending(s: PersonState, t: datetime) -> datetime | None:
+                recs = s.of(q.steps[0].event)
+                lo, hi = rng(s, t, recs)
+                due = (r.ts + span for r in recs[lo:hi] if r.ts + span > t and first(r))
+                return _earliest((next(due, None), leaving(s, t)))
+
+            return pending
         gather = _gatherer(q)
         first, absent = _step(q.steps[0], "$"), _step(q.then_not, "$")
         within = timedelta(seconds=q.within.seconds())
@@ -776,3 +813,355 @@ def _absence(
     if pending is not None and pending + within <= as_of:
         return True, None
     return False, pending
+
+
+# -- patterns: strict, counted and referring steps; trigger matches ------------------------------
+#: a test of an event given the events the earlier steps matched (by step name)
+_EnvTest = Callable[[EventRec, Env], bool]
+
+
+def _env_step(s: Step | EventIs, path: str) -> _EnvTest:
+    """A step's test where filters may compare with earlier steps' events (``Ref``): plain
+    filters compiled as usual, references with ``ref_compare``."""
+    plain = _filter([c for c in s.where if not isinstance(c.value, Ref)], f"{path}.where")
+    pairs = [
+        (c.field, c.op, c.value.alias, c.value.field) for c in s.where if isinstance(c.value, Ref)
+    ]
+    name = s.event
+
+    def test(r: EventRec, env: Env) -> bool:
+        if r.event != name or (plain is not None and not plain(r)):
+            return False
+        for field, op, alias, other in pairs:
+            if not ref_compare(op, field_value(r, field), field_value(env[alias], other)):
+                return False
+        return True
+
+    return test
+
+
+@dataclass(slots=True)
+class _Partial:
+    """A partial match: its first event's time, its events, its named events."""
+
+    start: datetime
+    chain: tuple[EventRec, ...]
+    env: dict[str, EventRec]
+
+
+_Sig = tuple[str | None, ...]
+
+
+class _Run:
+    """One person's pattern automaton (in the state's memo): per step and partition key the
+    live partial match with the latest start; the time group being read; the keys' barriers."""
+
+    __slots__ = ("best", "fresh", "upd", "t", "counted", "excl", "barrier", "waits", "group_as")
+
+    def __init__(self, n: int) -> None:
+        self.best: list[dict[_Sig, _Partial]] = [{} for _ in range(n)]
+        self.fresh: list[dict[_Sig, _Partial]] = [{} for _ in range(n)]
+        self.upd: list[dict[_Sig, _Partial]] = [{} for _ in range(n)]
+        self.t: datetime | None = None
+        self.counted = False
+        self.excl: list[EventRec] = []
+        self.barrier: dict[_Sig, datetime] = {}
+        self.waits: dict[_Sig, EventRec] = {}
+        self.group_as: dict[_Sig, EventRec] = {}
+
+
+class _Pattern:
+    """The automaton of a sequence (see ``compile_trigger`` for the policy). Events are read in
+    ``order`` (time, then id); events of one time read the partial matches from before that
+    time and write new ones aside, merged when a later time comes (a chain needs strictly
+    later times). Dominance: of two partial matches at the same step with the same referred-to
+    values, the later start can do all the earlier can (``within``, exclusions, the barrier),
+    so one per (step, values) is kept; a ``next`` step reads only those made at the latest
+    counted time before its own (``fresh``)."""
+
+    def __init__(self, q: Sequence, path: str) -> None:
+        check_sequence(q, path)
+        self.atoms = atoms(q)
+        self.tests = [_env_step(s, path + p[1:]) for s, p in self.atoms]
+        self.by_event: dict[str, list[int]] = {}
+        for j, (s, _) in enumerate(self.atoms):
+            self.by_event.setdefault(s.event, []).append(j)
+        self.within = timedelta(seconds=q.within.seconds())
+        self.fields = capture_fields(q)
+        self.last = len(self.atoms) - 1
+        self.excluding = (
+            None if q.excluding is None else _env_step(q.excluding, f"{path}.excluding")
+        )
+        self.excl_name = None if q.excluding is None else q.excluding.event
+        self.then_not = None if q.then_not is None else _env_step(q.then_not, f"{path}.then_not")
+        self.absent_name = None if q.then_not is None else q.then_not.event
+        self.first_alias = self.atoms[0][0].alias
+
+    def sig(self, env: Env) -> _Sig:
+        if not self.fields:
+            return ()
+        return tuple(
+            prop_text(field_value(env[a], f)) if a in env else None for a, f in self.fields
+        )
+
+    # -- time groups ------------------------------------------------------------------------
+    def open(self, run: _Run, t: datetime, out: list[Match]) -> None:
+        """Close the group being read (if any) and start one at ``t``."""
+        if run.t is not None:
+            self.commit(run)
+        run.t = t
+        run.counted = False
+        if run.excl:
+            run.excl = []
+        if run.group_as:
+            run.group_as = {}
+        if self.then_not is not None:
+            self.fire(run, t, False, out)
+
+    def commit(self, run: _Run) -> None:
+        """Merge the partial matches made at the group's time; forget those too old to
+        finish, and those an excluded event of that time falls inside."""
+        t = run.t
+        assert t is not None
+        upd = run.upd
+        if any(upd):
+            for j in range(self.last):
+                best = run.best[j]
+                for sig, p in upd[j].items():
+                    cur = best.get(sig)
+                    if cur is None or p.start > cur.start:
+                        best[sig] = p
+            if run.counted:
+                run.fresh = upd
+            else:
+                for j in range(self.last):
+                    fresh = run.fresh[j]
+                    for sig, p in upd[j].items():
+                        cur = fresh.get(sig)
+                        if cur is None or p.start > cur.start:
+                            fresh[sig] = p
+            run.upd = [{} for _ in range(self.last + 1)]
+        elif run.counted and any(run.fresh):
+            run.fresh = [{} for _ in range(self.last + 1)]
+        low = t - self.within
+        if run.barrier:  # a barrier older than any live start bars nothing
+            run.barrier = {k: b for k, b in run.barrier.items() if b >= low}
+        excl = run.excl if self.excluding is not None else None
+        for table in (*run.best, *run.fresh):
+            if not table:
+                continue
+            gone = [
+                s
+                for s, p in table.items()
+                if p.start < low
+                or (excl and p.start < t and any(self.excluding(x, p.env) for x in excl))  # type: ignore[misc]
+            ]
+            for sig in gone:
+                del table[sig]
+
+    def fire(self, run: _Run, before: datetime, inclusive: bool, out: list[Match]) -> None:
+        """Absence: the waits due before ``before`` (or at it, ``inclusive``) fire."""
+        for key, a in list(run.waits.items()):
+            due = a.ts + self.within
+            if due < before or (inclusive and due == before):
+                out.append(Match(due, (a,), match_key([a])))
+                del run.waits[key]
+
+    # -- one event ------------------------------------------------------------------------------
+    def feed(self, run: _Run, r: EventRec, out: list[Match], barrier: bool = True) -> None:
+        """Read ``r`` (not earlier than the group being read); completed chains go to ``out``."""
+        t = r.ts
+        if run.t is None or t > run.t:
+            self.open(run, t, out)
+        if r.event not in SYSTEM_EVENTS:
+            run.counted = True
+        if r.event == self.excl_name:
+            run.excl.append(r)
+        if self.then_not is not None:
+            self.absence(run, r)
+            return
+        for j in self.by_event.get(r.event, ()):
+            test, alias = self.tests[j], self.atoms[j][0].alias
+            if j == 0:
+                sources: Any = (_Partial(t, (), {}),)
+            else:
+                table = run.fresh[j - 1] if self.atoms[j][0].next else run.best[j - 1]
+                low = t - self.within
+                sources = [p for p in table.values() if p.start >= low]
+            for p in sources:
+                if not test(r, p.env):
+                    continue
+                env = p.env if alias is None else {**p.env, alias: r}
+                sig = self.sig(env)
+                if j == self.last:
+                    if barrier:
+                        seen = run.barrier.get(sig)
+                        if seen is not None and p.start <= seen:
+                            continue
+                        run.barrier[sig] = t
+                    chain = (*p.chain, r)
+                    out.append(Match(t, chain, match_key(chain)))
+                    continue
+                cur = run.upd[j].get(sig)
+                if cur is None or p.start > cur.start:
+                    run.upd[j][sig] = _Partial(p.start, (*p.chain, r), env)
+
+    def absence(self, run: _Run, r: EventRec) -> None:
+        t = r.ts
+        assert self.then_not is not None
+        if r.event == self.absent_name:
+            for key, a in list(run.waits.items()):
+                env = {self.first_alias: a} if self.first_alias else {}
+                if a.ts < t and self.then_not(r, env):
+                    del run.waits[key]
+                    if key in run.group_as:
+                        run.waits[key] = run.group_as[key]
+        if self.tests[0](r, {}):
+            key = self.sig({self.first_alias: r} if self.first_alias else {})
+            run.group_as.setdefault(key, r)
+            run.waits.setdefault(key, r)
+
+
+class Trigger:
+    """What a lead rule fires on, per person, on the stream (``compile_trigger``).
+
+    The engine adds each event to the person's state, then calls ``on_event(state, event)``,
+    in event-time order (events of one time in id order: the reorder buffer holding events
+    back until the watermark passes them gives exactly this), and ``on_timer(state,
+    watermark)`` when the watermark reaches ``deadline(state)``; a watermark ``W`` promises
+    that no event at or before ``W`` is still to come. Both return the new matches. An event
+    older than what the trigger has read (a late one the engine did not hold back) makes it
+    read the person's retained history again and report the matches at or after that event's
+    time: repeats carry the same ``key``, and matches already reported are not withdrawn."""
+
+    def __init__(self, cond: Condition, path: str = "$") -> None:
+        trigger = check_trigger(cond, path)
+        self.cond = trigger
+        self.interest: frozenset[str] | None = None
+        self._event: _RecTest | None = None
+        self._pattern: _Pattern | None = None
+        if isinstance(trigger, EventIs):
+            self._event = _step(trigger, path)
+            self.interest = frozenset({trigger.event})
+            self.retention = Retention()
+        else:
+            self._pattern = _Pattern(trigger, path)
+            names = events_of_interest(trigger)
+            self.interest = None if names is None else frozenset(names)
+            self.retention = Retention(lookback=timedelta(seconds=trigger.within.seconds()))
+        self._token = object()
+
+    def _run(self, state: PersonState, until: datetime | None) -> tuple[_Run, list[Match], bool]:
+        """The person's automaton, rebuilt from the state's events up to ``until`` when the
+        memo does not hold a current one (the matches found then, and True)."""
+        assert self._pattern is not None
+        m = state.memo.get(self._token)
+        if m is not None and m[0] == state.epoch:
+            return m[1], [], False
+        run = _Run(self._pattern.last + 1)
+        out: list[Match] = []
+        for r in sorted(state.events, key=order):
+            if until is not None and r.ts > until:
+                break
+            self._pattern.feed(run, r, out)
+        state.memo[self._token] = (state.epoch, run)
+        return run, out, True
+
+    def on_event(self, state: PersonState, event: EventRec) -> list[Match]:
+        """The matches ``event`` completes (it is already in ``state``)."""
+        if self._event is not None:
+            return [Match(event.ts, (event,), match_key([event]))] if self._event(event) else []
+        assert self._pattern is not None
+        run, found, rebuilt = self._run(state, None)
+        if rebuilt:
+            return [x for x in found if x.fired_at >= event.ts]
+        out: list[Match] = []
+        if run.t is not None and event.ts < run.t:  # older than what was read: read it all again
+            state.memo.pop(self._token, None)
+            _, found, _ = self._run(state, None)
+            return [x for x in found if x.fired_at >= event.ts]
+        self._pattern.feed(run, event, out)
+        return out
+
+    def on_timer(self, state: PersonState, watermark: datetime) -> list[Match]:
+        """The absences due at or before ``watermark``."""
+        if self._pattern is None or self._pattern.then_not is None:
+            return []
+        run, found, _ = self._run(state, None)
+        out = [x for x in found if x.fired_at <= watermark]
+        self._pattern.fire(run, watermark, True, out)
+        return out
+
+    def deadline(self, state: PersonState) -> datetime | None:
+        """When the next absence is due (None: none is waiting)."""
+        if self._pattern is None or self._pattern.then_not is None:
+            return None
+        run = self._run(state, None)[0]
+        within = self._pattern.within
+        return min((a.ts + within for a in run.waits.values()), default=None)
+
+
+def compile_trigger(cond: Condition) -> Trigger:
+    """A lead rule's trigger (``event ...`` or a sequence without a window) for the stream
+    engine: built once per rule; ``ConditionError`` for anything else."""
+    return Trigger(cond)
+
+
+def _pattern_pred(q: Sequence, path: str) -> _Pred:
+    """The boolean form of a sequence with strict, counted or referring steps: the pattern
+    automaton run over the window's events at each evaluation, without the no-overlap rule
+    (some chain exists); ``A then not B`` with references: some A whose wait ran out. A pass
+    over the window's events per evaluation (the plain sequences keep their incremental
+    automaton)."""
+    pattern = _Pattern(q, path)
+    rng = _range(q.window)
+    first = pattern.tests[0]
+    within = pattern.within
+
+    def window(s: PersonState, t: datetime) -> list[EventRec]:
+        lo, hi = rng(s, t, s.events)
+        return sorted(s.events[lo:hi], key=order)
+
+    if q.then_not is not None:
+        absent, alias = pattern.then_not, pattern.first_alias
+        assert absent is not None
+
+        def then_not(s: PersonState, t: datetime, e: EventRec | None) -> bool:
+            evs = window(s, t)
+            for a in evs:
+                if a.ts + within > t or not first(a, {}):
+                    continue
+                env = {alias: a} if alias else {}
+                if not any(a.ts < b.ts <= a.ts + within and absent(b, env) for b in evs):
+                    return True
+            return False
+
+        return then_not
+
+    def sequence(s: PersonState, t: datetime, e: EventRec | None) -> bool:
+        run, out = _Run(pattern.last + 1), list[Match]()
+        for r in window(s, t):
+            pattern.feed(run, r, out, barrier=False)
+            if out:
+                return True
+        return False
+
+    return sequence
+
+
+def replay(cond: Condition, events: list[EventRec], until: datetime) -> list[Match]:
+    """The trigger's matches over a whole history as of event time ``until`` (absences due by
+    then included): the stream automaton read once, for batch backtests
+    (``to_ibis.trigger_matches``) and for comparing with ``reference.trigger_matches``."""
+    trigger = check_trigger(cond)
+    evs = sorted((e for e in events if e.ts <= until), key=order)
+    if isinstance(trigger, EventIs):
+        test = _step(trigger, "$")
+        return [Match(e.ts, (e,), match_key([e])) for e in evs if test(e)]
+    pattern, out = _Pattern(trigger, "$"), list[Match]()
+    run = _Run(pattern.last + 1)
+    for r in evs:
+        pattern.feed(run, r, out)
+    if pattern.then_not is not None:
+        pattern.fire(run, until, True, out)
+    return out

@@ -35,6 +35,7 @@ from rapport.conditions.model import (
     Not,
     Op,
     Or,
+    Ref,
     Sequence,
     Step,
     Window,
@@ -46,8 +47,8 @@ if TYPE_CHECKING:
     from rapport.workspace import Workspace
 
 NUMERIC = frozenset({"integer", "number"})
-#: the stages of the built-in lifecycle segmentation (``rapport.segments.lifecycle.STAGES``;
-#: conditions sit below segments, so the names are repeated here)
+#: the stages of the built-in lifecycle segmentation, defined here once: conditions sit below
+#: segments, and ``rapport.segments.lifecycle`` imports them from here
 LIFECYCLE_STAGES = ("new_not_activated", "retained", "silent", "lost")
 #: columns of ``profiles`` that are not attributes
 PROFILE_FIXED = frozenset({"person_key", "updated_at"})
@@ -167,12 +168,15 @@ class _Checker:
         elif isinstance(cond, Did):
             self.did(cond, path)
         elif isinstance(cond, Sequence):
+            named: dict[str, str] = {}  # step name -> its event
             for index, step in enumerate(cond.steps):
-                self.step(step, f"{path}.steps[{index}]")
+                self.step(step, f"{path}.steps[{index}]", named)
+                if step.alias is not None:
+                    named[step.alias] = step.event
             if cond.excluding is not None:
-                self.step(cond.excluding, f"{path}.excluding")
+                self.step(cond.excluding, f"{path}.excluding", named)
             if cond.then_not is not None:
-                self.step(cond.then_not, f"{path}.then_not")
+                self.step(cond.then_not, f"{path}.then_not", named)
             self.window(cond.window, path + ".window")
         elif isinstance(cond, EventIs):
             self.step(Step(event=cond.event, where=cond.where), path)
@@ -228,14 +232,39 @@ class _Checker:
         self.error(f"unknown property `{name}` on event {event}{_suggest(name, known)}", path)
         return None
 
-    def step(self, step: Step, path: str) -> None:
+    def step(self, step: Step, path: str, named: dict[str, str] | None = None) -> None:
         if not self.event(step.event, path + ".event"):
             return
         for index, where in enumerate(step.where):
             here = f"{path}.where[{index}]"
             data_type = self.prop_type(step.event, where.field, here + ".field")
-            if data_type is not None:
+            if isinstance(where.value, Ref):
+                self.ref(where, where.value, data_type, named or {}, here)
+            elif data_type is not None:
                 self.compare(where, data_type, f"`{where.field}`", here)
+
+    def ref(
+        self, where: Compare, ref: Ref, data_type: str | None, named: dict[str, str], path: str
+    ) -> None:
+        """A step reference: the named step's event carries the property, and the two sides
+        are alike (numbers with numbers, other types with their own)."""
+        event = named.get(ref.alias)
+        if event is None:  # the model refuses this; kept for trees built around it
+            self.error(f"`{ref.ref}` refers to no earlier step", path + ".value")
+            return
+        if self.events and event not in self.events:
+            return
+        other = self.prop_type(event, ref.field, path + ".value")
+        if data_type is None or other is None:
+            return
+        if (data_type in NUMERIC) != (other in NUMERIC) or (
+            data_type not in NUMERIC and data_type != other
+        ):
+            self.error(
+                f"`{where.field}` is {data_type} but `{ref.ref}` is {other}: a reference "
+                "compares like with like",
+                path + ".value",
+            )
 
     def did(self, cond: Did, path: str) -> None:
         self.step(Step(event=cond.event, where=cond.where), path)

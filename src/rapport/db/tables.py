@@ -299,7 +299,226 @@ segments = Table(
 
 
 # -- delivery (rapport.delivery) ----------------------------------------------------------------
+from sqlalchemy import Index  # noqa: E402 - kept inside this package's section
+
+#: where messages go: a webhook, an SMTP server, a provider's HTTP API or a call list
+channels = Table(
+    "channels",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    #: webhook | email | sms | push | wechat_mp | wecom | call_list
+    Column("kind", String(12), nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("config", JSON, nullable=False),  # kind-specific: url, headers, templates, smtp ...
+    Column("secret", Text),  # HMAC key / SMTP password / provider token; never shown in clear
+    Column("rate_per_second", Float),  # token bucket; NULL = unlimited
+    Column("burst", Integer),
+    Column("allow_private", Boolean, nullable=False, default=False),  # set by an admin only
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: the transactional outbox: written in the transaction that creates the lead or message
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(200), nullable=False, unique=True),  # idempotency key
+    Column("channel", String(100), nullable=False, index=True),
+    Column("person_key", Integer, index=True),
+    Column("origin", String(100), nullable=False, default=""),  # e.g. "lead:42", "campaign:7"
+    Column("payload", JSON, nullable=False),
+    #: pending | sending | failed (will retry) | delivered | dead | listed (in a call list)
+    Column("status", String(10), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),  # since queued_at
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("lease_owner", String(64)),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("queued_at", DateTime(timezone=True), nullable=False),  # enqueue or last replay
+    Column("delivered_at", DateTime(timezone=True)),
+    Index("ix_outbox_status_due", "status", "next_attempt_at"),
+)
+
+#: one row per try (and per replay), for the delivery log
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "message_id",
+        Integer,
+        ForeignKey("outbox.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("attempt", Integer, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    #: delivered | retry | dead | exported | replayed
+    Column("outcome", String(10), nullable=False),
+    Column("http_status", Integer),
+    Column("ms", Float),
+    Column("error", Text),
+    Column("response", Text),  # the first 500 characters of the answer
+)
+
 
 # -- leads (rapport.leads) ----------------------------------------------------------------------
+from sqlalchemy import BigInteger, Index  # noqa: E402  (kept in this section: parallel edits)
+
+#: a lead rule's current definition; every change to a live rule's logic adds a version row
+lead_rules = Table(
+    "lead_rules",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("lead_type", String(200), nullable=False, index=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("status", String(8), nullable=False, default="draft"),  # draft | live | paused
+    Column("version", Integer, nullable=False, default=1),
+    #: {"trigger", "conditions", "suppression", "cooldown"}: condition JSON and a Duration
+    Column("definition", JSON, nullable=False),
+    Column("score", Integer, nullable=False, default=50),  # 0-100
+    Column("priority", Integer, nullable=False, default=3),  # 1 (highest) - 5
+    Column("route", String(100), nullable=False, default="auto"),  # a lead_routes name | auto
+    Column("mode", String(8), nullable=False, default="realtime"),  # realtime | offline
+    Column("schedule", String(100)),  # offline rules: cron text, "daily" or "hourly"
+    Column("owner", String(100), nullable=False, default=""),
+    Column("fired", Integer, nullable=False, default=0),  # leads created
+    Column("suppressed", Integer, nullable=False, default=0),  # stopped by the cooldown
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+lead_rule_versions = Table(
+    "lead_rule_versions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("rule_id", Integer, ForeignKey("lead_rules.id", ondelete="CASCADE"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("definition", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(100), nullable=False, default=""),
+    UniqueConstraint("rule_id", "version", name="uq_lead_rule_versions_rule_version"),
+)
+
+leads = Table(
+    "leads",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("person_key", BigInteger, nullable=False),
+    Column("lead_type", String(200), nullable=False, index=True),
+    Column("rule_id", Integer, ForeignKey("lead_rules.id", ondelete="SET NULL")),
+    Column("rule_version", Integer),
+    Column("evidence", JSON, nullable=False),  # the matched events with their properties
+    Column("score", Integer, nullable=False),
+    Column("priority", Integer, nullable=False),
+    #: new | assigned | contacted | converted | closed_lost | invalid
+    Column("status", String(12), nullable=False, index=True),
+    Column("owner", String(100), index=True),  # the agent's username
+    Column("team", String(100), index=True),
+    Column("channel", String(100)),
+    Column("route", String(100)),
+    #: a replay (rule id + trigger event id) finds this and creates nothing
+    Column("dedupe_key", String(200), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("assigned_at", DateTime(timezone=True)),
+    Column("due_by", DateTime(timezone=True)),
+    Index("ix_leads_cooldown", "person_key", "lead_type", "created_at"),
+)
+
+lead_history = Table(
+    "lead_history",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("lead_id", Integer, ForeignKey("leads.id", ondelete="CASCADE"), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("action", String(20), nullable=False),  # created | routed | assigned | status | ...
+    Column("from_status", String(12)),
+    Column("to_status", String(12)),
+    Column("note", Text),
+    #: an outcome reported by an external system: reporting it again changes nothing
+    Column("external_id", String(200)),
+    Index("ix_lead_history_lead_id", "lead_id"),
+    UniqueConstraint("lead_id", "external_id", name="uq_lead_history_lead_external"),
+)
+
+lead_notes = Table(
+    "lead_notes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("lead_id", Integer, ForeignKey("leads.id", ondelete="CASCADE"), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("author", String(100), nullable=False),
+    Column("body", Text, nullable=False),
+    Index("ix_lead_notes_lead_id", "lead_id"),
+)
+
+#: sales teams: agents, how leads are shared among them and when the team works
+lead_teams = Table(
+    "lead_teams",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("strategy", String(12), nullable=False, default="round_robin"),  # | least_load
+    Column("timezone", String(50), nullable=False, default="UTC"),
+    Column("days", JSON, nullable=False),  # ISO weekdays it works: [1, 2, 3, 4, 5]
+    Column("opens", String(5), nullable=False, default="09:00"),
+    Column("closes", String(5), nullable=False, default="18:00"),
+    Column("last_agent", String(100)),  # round-robin: who got the previous lead
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+lead_team_agents = Table(
+    "lead_team_agents",
+    metadata,
+    Column("team_id", Integer, ForeignKey("lead_teams.id", ondelete="CASCADE"), primary_key=True),
+    Column("username", String(100), primary_key=True),
+    Column("position", Integer, nullable=False, default=0),
+)
+
+#: ordered routes: the first whose lead type (and person condition) matches takes the lead
+lead_routes = Table(
+    "lead_routes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("position", Integer, nullable=False, default=0),
+    Column("lead_type", String(200)),  # NULL: any type
+    Column("condition", JSON),  # optional condition on the person
+    Column("target_kind", String(8), nullable=False),  # channel | team
+    Column("target", String(100), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 
 # -- scheduled jobs (rapport.jobs) --------------------------------------------------------------
+#: one row per job ever seen: when it was first seen (a new job's first slot comes after it),
+#: when it last started, and the lease that keeps two processes from running it at once
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("key", String(200), primary_key=True),  # tag:<name> | segment:<name> | lifecycle
+    Column("first_seen_at", DateTime(timezone=True), nullable=False),
+    Column("last_started_at", DateTime(timezone=True)),
+    Column("lease_owner", String(100)),  # host:pid:thread of the runner holding it
+    Column("lease_until", DateTime(timezone=True)),  # renewed while the job runs
+)
+
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(200), nullable=False, index=True),
+    Column("trigger", String(10), nullable=False),  # schedule | manual
+    Column("started_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", String(8), nullable=False),  # running | ok | failed
+    Column("result", JSON),  # the job's small report
+    Column("error", Text),
+)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from rapport.segments import bitmaps, lifecycle
+from rapport.segments import bitmaps, lifecycle, system_events
 
 if TYPE_CHECKING:
     from rapport.workspace import Workspace
@@ -31,9 +31,7 @@ def funnel(ws: Workspace, as_of: datetime | None = None) -> dict[str, Any]:
     since = when - timedelta(days=int(conf["retained_days"]))
     with ws.warehouse.connect() as con:
         ev = con.table("events")
-        ev = ev.filter(
-            ev.person_key >= 0, ev.ts <= when, ev.event.isnull() | (ev.event != lifecycle.EVENT)
-        )
+        ev = ev.filter(ev.person_key >= 0, ev.ts <= when, ev.source != system_events.SOURCE)
         is_act = ev.event.isin(activation)
         per = ev.group_by("person_key").aggregate(
             first_act=ev.ts.min(where=is_act),

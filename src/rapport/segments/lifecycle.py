@@ -8,8 +8,9 @@ Stages at ``as_of`` (days are whole UTC days between the last activity's date an
 - ``silent``: activated, last activity more than 30 and less than ``lost_days`` (61) days ago;
 - ``lost``: activated, last activity ``lost_days`` or more days ago.
 
-Activity = any tracked event except the system's own ``lifecycle_changed``. The thresholds and
-the activation events are the segment's definition (editable like any segment).
+Activity = any tracked event except Rapport's own (source ``rapport``: lifecycle and audience
+changes). The thresholds and the activation events are the segment's definition (editable like
+any segment).
 
 Each refresh compares with the stages written by the previous one and appends one
 ``lifecycle_changed`` event per changed person to the event log, through the collector like a
@@ -20,14 +21,14 @@ refresh (distribution, from → to matrix) are kept in the definition for the ch
 
 from __future__ import annotations
 
-import contextlib
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import ibis
 from pyroaring import BitMap
 
-from rapport.segments import bitmaps
+from rapport.conditions.validate import LIFECYCLE_STAGES
+from rapport.segments import bitmaps, system_events
 from rapport.segments.store import find_segment, insert_segment, members, update_segment
 from rapport.segments.store import write_members as _write
 
@@ -35,9 +36,9 @@ if TYPE_CHECKING:
     from rapport.workspace import Workspace
 
 NAME = "lifecycle"
-STAGES = ("new_not_activated", "retained", "silent", "lost")
+STAGES = LIFECYCLE_STAGES  # defined with the conditions that name them
 EVENT = "lifecycle_changed"
-SOURCE = "rapport"
+SOURCE = system_events.SOURCE
 DEFAULTS: dict[str, Any] = {
     "activation_events": ["order_paid", "book_hotel"],
     "retained_days": 30,
@@ -85,7 +86,7 @@ def compute_stages(ws: Workspace, as_of: datetime, conf: dict[str, Any]) -> dict
     """stage -> persons at ``as_of`` (one warehouse query)."""
     with ws.warehouse.connect() as con:
         ev = con.table("events")
-        ev = ev.filter(ev.person_key >= 0, ev.ts <= as_of, ev.event.isnull() | (ev.event != EVENT))
+        ev = ev.filter(ev.person_key >= 0, ev.ts <= as_of, ev.source != system_events.SOURCE)
         per = ev.group_by("person_key").aggregate(
             last=ev.ts.max(),
             activated=ev.event.isin(list(conf["activation_events"])).any(),
@@ -172,74 +173,26 @@ def _matrix(moves: list[dict[str, Any]]) -> list[list[int]]:
 
 
 # -- the system events --------------------------------------------------------------------------
-def system_source(ws: Workspace) -> Any:
-    """The ``rapport`` server source (created, and the event declared, when missing)."""
-    from rapport.catalog import import_plan, invalidate, list_event_types
-    from rapport.ingest.sources import SourceExists, create_source, source_by_name
-
-    if EVENT not in {e.name for e in list_event_types(ws.db)}:
-        import_plan(ws.db, PLAN, actor=SOURCE)
-        invalidate(ws.db)
-    with contextlib.suppress(SourceExists):
-        create_source(
-            ws.db,
-            SOURCE,
-            kind="server",
-            allowed_events=[EVENT],
-            description="Rapport's own system events (lifecycle transitions)",
-        )
-    source = source_by_name(ws.db, SOURCE)
-    assert source is not None
-    return source
-
-
-def user_ids(ws: Workspace, persons: BitMap) -> dict[int, str]:
-    """person -> its member id (the smallest, if several), for the persons that have one."""
-    with ws.warehouse.connect() as con:
-        nodes = con.table("identity_nodes")
-        people = ibis.memtable(bitmaps.persons_table(persons))
-        found = nodes.filter(nodes.id_type == "member_id", nodes.person_id.notnull())
-        joined = found.join(people, found.person_id == people.person_key)
-        rows = joined.group_by("person_key").aggregate(member=joined.value.min()).to_pyarrow()
-    return dict(zip(rows["person_key"].to_pylist(), rows["member"].to_pylist(), strict=True))
-
-
 def emit_transitions(
     ws: Workspace, moved: dict[tuple[str, str], BitMap], as_of: datetime
 ) -> dict[str, int]:
     """One ``lifecycle_changed`` per moved person, through the collector's checks into the
     log. The message id is derived from (person, as_of, to), so a repeated refresh at the same
     instant is deduplicated by the log."""
-    from rapport.ingest.collector import Collector
-
-    source = system_source(ws)
+    source = system_events.system_source(ws, [EVENT], PLAN)
     everyone = BitMap.union(*moved.values())
-    members_ids = user_ids(ws, everyone)
-    stamp = as_of.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    messages = []
-    for (a, b), persons in moved.items():
-        for person in persons:
-            messages.append(
-                {
-                    "type": "track",
-                    "event": EVENT,
-                    # identity resolution reads the person from context.rapport (it links
-                    # nothing); the ids are for people reading the log and for triggers
-                    "userId": members_ids.get(person) or f"person:{person}",
-                    "messageId": f"lifecycle:{person}:{stamp}:{b}",
-                    "timestamp": stamp,
-                    "properties": {"from": a, "to": b, "person": person},
-                    "context": {"rapport": {"person_key": person}},
-                }
-            )
-    collector = Collector(ws)
-    received = datetime.now(UTC)
-    collector.max_skew = abs(received - as_of) + timedelta(days=1)  # keep as_of as event time
-    tally = {"accepted": 0, "duplicate": 0, "quarantined": 0}
-    for start in range(0, len(messages), 10_000):
-        checked = collector.check(
-            source, messages[start : start + 10_000], received=received, path="$"
+    members_ids = system_events.user_ids(ws, everyone)
+    stamp = system_events.stamp(as_of)
+    messages = [
+        system_events.message(
+            EVENT,
+            person,
+            as_of,
+            f"lifecycle:{person}:{stamp}:{b}",
+            {"from": a, "to": b, "person": person},
+            members_ids.get(person),
         )
-        for result in collector.submit_sync(checked):
-            tally[result["status"]] += 1
-    return tally
+        for (a, b), persons in moved.items()
+        for person in persons
+    ]
+    return system_events.submit(ws, source, messages)

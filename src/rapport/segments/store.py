@@ -8,7 +8,7 @@ builder is the size of the list a campaign sends to.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import ibis
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from rapport.workspace import Workspace
 
 KINDS = ("audience", "segmentation", "lifecycle")
+#: size rows closer together than this are one row (live per-event changes must not write a
+#: row per event): the latest sizes replace those of the row less than this old
+SIZE_STEP = timedelta(minutes=1)
 MODES = ("dynamic", "static")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 
@@ -132,6 +135,7 @@ def delete_segment(ws: Workspace, name: str) -> None:
     get_segment(ws, name)
     with ws.warehouse.connect() as con, ws.warehouse.transaction(con):
         con.raw_sql("DELETE FROM segment_members WHERE segment = ?", parameters=[name])
+        con.raw_sql("DELETE FROM segment_sizes WHERE segment = ?", parameters=[name])
     bitmaps.drop_segment(ws, name)
     with ws.db.begin() as conn:
         conn.execute(delete(segments).where(segments.c.name == name))
@@ -141,7 +145,8 @@ def write_members(
     ws: Workspace, name: str, buckets: dict[str | None, BitMap], at: datetime | None = None
 ) -> int:
     """Replace the segment's rows in ``segment_members`` (bucket None: an audience), its
-    bitmaps, and its size; returns the number of distinct persons."""
+    bitmaps, and its size (with a ``segment_sizes`` point); returns the number of distinct
+    persons."""
     parts = [
         pa.table(
             {
@@ -163,12 +168,14 @@ def write_members(
             }
         )
     )
+    size = len(BitMap.union(*buckets.values())) if buckets else 0
+    counts = {b: len(m) for b, m in buckets.items() if b is not None} | {None: size}
     with ws.warehouse.connect() as con, ws.warehouse.transaction(con):
         con.raw_sql("DELETE FROM segment_members WHERE segment = ?", parameters=[name])
         if table.num_rows:
             con.insert("segment_members", table)
+        record_sizes(con, name, counts, at or now())
     bitmaps.put_segment(ws, name, buckets)
-    size = len(BitMap.union(*buckets.values())) if buckets else 0
     with ws.db.begin() as conn:
         conn.execute(
             update(segments)
@@ -182,11 +189,13 @@ def change_members(
     ws: Workspace, name: str, entered: BitMap, exited: BitMap, at: datetime | None = None
 ) -> int:
     """Apply an audience's entries and exits (the stream path's per-event changes) to
-    ``segment_members``, its bitmap and its size; returns the new size."""
+    ``segment_members``, its bitmap and its size (``segment_sizes``: at most a row a minute);
+    returns the new size."""
     current = members(ws, name)
     entered = entered - current
     exited = exited & current
     if entered or exited:
+        after = (current | entered) - exited
         with ws.warehouse.connect() as con, ws.warehouse.transaction(con):
             if exited:
                 gone = ibis.memtable(bitmaps.persons_table(exited))
@@ -203,7 +212,8 @@ def change_members(
                     "segment", pa.repeat(pa.scalar(name, pa.string()), rows.num_rows)
                 ).append_column("bucket", pa.nulls(rows.num_rows, pa.string()))
                 con.insert("segment_members", rows.select(["segment", "bucket", "person_key"]))
-        current = (current | entered) - exited
+            record_sizes(con, name, {None: len(after)}, at or now())
+        current = after
         bitmaps.put_segment(ws, name, {None: current})
     size = len(current)
     with ws.db.begin() as conn:
@@ -213,6 +223,53 @@ def change_members(
             .values(size=size, refreshed_at=at or now())
         )
     return size
+
+
+def record_sizes(con: Any, name: str, sizes: dict[str | None, int], at: datetime) -> None:
+    """Add a ``segment_sizes`` point (bucket None: the whole segment), or, when the segment's
+    last point is less than ``SIZE_STEP`` older than ``at``, replace that point's sizes (it
+    keeps its time, so a steady trickle of changes still adds a point a minute)."""
+    at = at.astimezone(UTC)
+    found = con.raw_sql(  # as epoch µs: fetching a TIMESTAMPTZ would need pytz
+        'SELECT max(epoch_us("at")) FROM segment_sizes WHERE segment = ?', parameters=[name]
+    ).fetchone()
+    if found and found[0] is not None:
+        last = datetime.fromtimestamp(0, UTC) + timedelta(microseconds=found[0])
+        if timedelta(0) <= at - last < SIZE_STEP:
+            con.raw_sql(
+                'DELETE FROM segment_sizes WHERE segment = ? AND epoch_us("at") = ?',
+                parameters=[name, found[0]],
+            )
+            at = last
+    con.con.executemany(  # a few rows: cheaper than an Arrow round trip through Ibis
+        'INSERT INTO segment_sizes (segment, bucket, "at", size) VALUES (?, ?, ?, ?)',
+        [[name, bucket, at, size] for bucket, size in sizes.items()],
+    )
+
+
+def sizes(
+    ws: Workspace, name: str, since: datetime | None = None, last: timedelta | None = None
+) -> list[dict[str, Any]]:
+    """The size over time: ``[{"bucket": None | name, "points": [[iso time, size], ...]}]``,
+    the whole segment first, then the buckets in the order they first appear; oldest first.
+    ``since`` keeps the points from that time on, ``last`` those of the span ending at the
+    latest point."""
+    with ws.warehouse.connect() as con:
+        t = con.table("segment_sizes")
+        rows = t.filter(t.segment == name)
+        if since is not None:
+            rows = rows.filter(rows.at >= since.astimezone(UTC))
+        if last is not None:
+            rows = rows.filter(
+                rows.at >= rows.at.max() - ibis.interval(seconds=int(last.total_seconds()))
+            )
+        got = rows.order_by(["at", "bucket"]).select("bucket", "at", "size").to_pyarrow()
+    series: dict[str | None, list[list[Any]]] = {None: []}
+    for bucket, when, size in zip(
+        got["bucket"].to_pylist(), got["at"].to_pylist(), got["size"].to_pylist(), strict=True
+    ):
+        series.setdefault(bucket, []).append([when.astimezone(UTC).isoformat(), size])
+    return [{"bucket": b, "points": points} for b, points in series.items()]
 
 
 def members(ws: Workspace, name: str, bucket: str | None = None) -> BitMap:

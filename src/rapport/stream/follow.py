@@ -1,4 +1,5 @@
-"""Follow the event log into the warehouse and resolve identities, in a process of its own.
+"""Follow the event log into the warehouse, resolve identities and run the stream rules, in a
+process of its own (which also runs the scheduled jobs that are due).
 
 ``rapport serve`` starts this beside the server (at a lower CPU priority) so that this work
 never competes with the collector for the server's interpreter lock: acknowledging events is
@@ -18,18 +19,36 @@ log = logging.getLogger(__name__)
 
 
 def one_pass(ws: Workspace, wait: float = 1.0) -> int:
-    """Load what the log holds beyond the warehouse's offset, then resolve pending records
-    (events just loaded, and slices/events of imports run meanwhile); the records loaded."""
+    """Load what the log holds beyond the warehouse's offset, resolve pending records
+    (events just loaded, and slices/events of imports run meanwhile), then run the stream
+    rules over the events that now have a person; the records loaded."""
     from rapport.identity.resolve import resolve_pending
+    from rapport.stream.engine import run_pass
 
     loaded = ws.warehouse.load_from_log(ws.log, wait=wait)
     resolve_pending(ws)
+    run_pass(ws, loaded)  # stage 2: rules kept current per event (audiences)
     return loaded
 
 
-def follow(ws: Workspace, interval: float = 0.5, parent: int | None = None) -> None:
-    """A pass every ``interval`` s (at once while busy); return when ``parent`` has gone."""
+def follow(
+    ws: Workspace, interval: float = 0.5, parent: int | None = None, jobs_every: float = 30.0
+) -> None:
+    """A pass every ``interval`` s (at once while busy), the scheduled jobs that are due every
+    ``jobs_every`` s (in this process: it already owns the warehouse's writes); return when
+    ``parent`` has gone."""
+    from rapport.jobs.runner import run_due
+
+    jobs_at = 0.0
     while parent is None or os.getppid() == parent:
+        if jobs_every and time.monotonic() >= jobs_at:
+            jobs_at = time.monotonic() + jobs_every
+            try:
+                run_due(ws)
+            except WarehouseBusy:
+                jobs_at = 0.0
+            except Exception:  # noqa: BLE001 - a failed check must not stop the follower
+                log.exception("scheduled jobs check failed")
         try:
             loaded = one_pass(ws)
         except WarehouseBusy:  # a CLI import holds the file: try again on the next pass

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import ibis
 import ibis.expr.types as ir
-import pyarrow as pa
 
 from rapport.identity.survivorship import iso_date
 from rapport.tags import rollups, store
@@ -45,6 +44,7 @@ if TYPE_CHECKING:
     from rapport.workspace import Workspace
 
 ROLLUP_AGGS = ("count", "sum", "avg")
+_SCOPE = "__tag_compute_scope"
 
 
 def _as_of(as_of: datetime | None) -> datetime:
@@ -138,18 +138,17 @@ def attribute_values(con: Backend, d: AttributeDef, as_of: datetime) -> ir.Table
 
 # -- statistical ---------------------------------------------------------------------------------
 def _prop_value(events: ir.Table, prop: str, numeric: bool) -> ir.Value:
+    """A property's value: from its typed column alone when it has one (a declared property
+    lives there, see ``Warehouse.event_prop_columns``), else from the JSON."""
     typed = layout.prop_column(prop)
-    if numeric:
-        json_value: ir.Value = events.properties[prop].float
-        return (
-            ibis.coalesce(events[typed].cast("float64"), json_value)
-            if typed in events.columns
-            else json_value
-        )
-    json_text = events.properties[prop].str
     if typed in events.columns:
-        return ibis.coalesce(events[typed].cast("string"), json_text)
-    return json_text
+        column = events[typed]
+        if not numeric:
+            return column.cast("string")
+        return column.cast("float64") if column.type().is_numeric() else column.try_cast("float64")
+    if numeric:
+        return events.properties[prop].float
+    return events.properties[prop].str
 
 
 def _finish_stat(grouped: ir.Table, measure: ir.Value, d: StatisticalDef) -> ir.Table:
@@ -271,8 +270,10 @@ def compute_tag(
     run_id = store.start_run(ws.db, name)
     try:
         detail: dict[str, Any] = {"as_of": at.isoformat()}
-        scope_keys: pa.Array | None = None
+        # one connection; the values go from the compiled expression into ``tag_values``
+        # without leaving DuckDB
         with ws.warehouse.connect() as con:
+            scope: ir.Table | None = None
             if tag["kind"] == "attribute":
                 values = attribute_values(con, d, at)
             elif tag["kind"] == "rule":
@@ -285,17 +286,17 @@ def compute_tag(
                 detail.update(mark)
                 values = rollup_values(con, d, at)
                 if scope is not None:
-                    scope_keys = scope.to_pyarrow().column("person_key").combine_chunks()
-                    keys = ibis.memtable(pa.table({"k": scope_keys}))
-                    values = values.semi_join(keys, values.person_key == keys.k)
+                    con.create_table(_SCOPE, scope, temp=True, overwrite=True)
+                    scope = con.table(_SCOPE)
+                    values = values.semi_join(scope, "person_key")
             else:
                 values = event_values(con, d, at)
-            table = values.to_pyarrow()
-        detail["incremental"] = scope_keys is not None
-        if scope_keys is not None:
-            detail["persons_recomputed"] = len(scope_keys)
-        written = store.write_values(ws, name, run_id, table, persons=scope_keys)
-        persons, dist = store.summary(ws, name)
+            detail["incremental"] = scope is not None
+            if scope is not None:
+                detail["persons_recomputed"] = int(scope.count().to_pyarrow().as_py())
+            out = store.replace_values(ws, con, name, run_id, values, persons=scope)
+            written, persons, dist = out.rows, out.persons, out.distribution
+            con.drop_table(_SCOPE, force=True)
         detail["seconds"] = round(time.perf_counter() - started, 3)
         store.finish_run(ws.db, run_id, persons=persons, distribution=dist, detail=detail)
     except Exception as exc:
@@ -319,7 +320,8 @@ def rule_values(ws: Workspace, con: Backend, d: RuleDef, as_of: datetime) -> ir.
     attr_types = dict(current_plan(ws.db).user_properties())
     columns = set(con.table("profiles").columns) if "profiles" in con.list_tables() else set()
     renamed = {a: f"prop_{a}" for a in attr_types if a not in columns and f"prop_{a}" in columns}
-    ctx = BatchContext(con, as_of, attr_types, attr_columns=renamed)
+    # the warehouse keeps declared properties in their columns: filters read them alone
+    ctx = BatchContext(con, as_of, attr_types, attr_columns=renamed, props_in_columns=True)
     persons = compile(from_json(d.condition), ctx)
     return _values(persons, ibis.literal(d.value))
 

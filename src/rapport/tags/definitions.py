@@ -176,9 +176,24 @@ def get_tag(engine: Engine, name: str) -> dict[str, Any] | None:
     return _row(row) if row else None
 
 
+def checked_schedule(text: str | None) -> str | None:
+    """The schedule as given, or ``TagError`` on "schedule" (a typo caught at save time, not
+    as a failed run at night)."""
+    from rapport.jobs.schedule import ScheduleError, parse
+
+    if text is None or not text.strip():
+        return None
+    try:
+        parse(text)
+    except ScheduleError as exc:
+        raise TagError("schedule", str(exc)) from None
+    return text.strip()
+
+
 def create_tag(engine: Engine, body: TagIn) -> dict[str, Any]:
     values = body.model_dump()
     values["definition"] = checked_definition(body.kind, body.definition)
+    values["schedule"] = checked_schedule(body.schedule)
     now = datetime.now(UTC)
     try:
         with engine.begin() as conn:
@@ -199,6 +214,8 @@ def update_tag(engine: Engine, name: str, patch: TagPatch) -> dict[str, Any] | N
         if changes["definition"] is None:
             raise TagError("definition", "cannot be empty")
         changes["definition"] = checked_definition(found["kind"], changes["definition"])
+    if "schedule" in changes:
+        changes["schedule"] = checked_schedule(changes["schedule"])
     if changes:
         with engine.begin() as conn:
             conn.execute(

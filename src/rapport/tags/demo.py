@@ -1,5 +1,6 @@
 """The demo's tags: one of each kind the console shows, including the seed rule tag
-``high_net_worth`` (30+ hotel bookings over 2,000 yuan in the last 30 days)."""
+``high_net_worth`` (30+ hotel bookings over 2,000 yuan in the last 30 days) and the two tags
+the seed lead rule names (strong purchasing power, strong consumption intent)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,48 @@ DEMO_TAGS: list[dict[str, Any]] = [
                 "op": ">=",
                 "threshold": 3,
                 "window": {"last": {"amount": 180, "unit": "days"}},
+            },
+            "value": "yes",
+        },
+    },
+    {
+        "name": "strong_purchasing_power",
+        "kind": "rule",
+        "description": "Paid 8,000 yuan or more in the last 365 days",
+        "definition": {
+            "condition": {
+                "kind": "did",
+                "event": "order_paid",
+                "agg": "sum",
+                "property": "amount",
+                "op": ">=",
+                "threshold": 8000,
+                "window": {"last": {"amount": 365, "unit": "days"}},
+            },
+            "value": "yes",
+        },
+    },
+    {
+        "name": "strong_consumption_intent",
+        "kind": "rule",
+        "description": "Viewed products 5+ times or added to cart in the last 14 days",
+        "definition": {
+            "condition": {
+                "kind": "or",
+                "any": [
+                    {
+                        "kind": "did",
+                        "event": "view_product",
+                        "op": ">=",
+                        "threshold": 5,
+                        "window": {"last": {"amount": 14, "unit": "days"}},
+                    },
+                    {
+                        "kind": "did",
+                        "event": "add_to_cart",
+                        "window": {"last": {"amount": 14, "unit": "days"}},
+                    },
+                ],
             },
             "value": "yes",
         },

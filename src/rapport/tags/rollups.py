@@ -85,12 +85,14 @@ def _ensure_columns(con: Backend, props: list[str]) -> bool:
 
 
 def _numeric(events: ir.Table, prop: str) -> ir.FloatingValue:
-    """The property as a number: its typed column when the loader made one, else the JSON."""
+    """The property as a number: its typed column alone when the warehouse has one (a declared
+    property lives there, see ``Warehouse.event_prop_columns``: no JSON parsed per event),
+    else the JSON."""
     typed = layout.prop_column(prop)
-    json_value = events.properties[prop].float
     if typed in events.columns:
-        return ibis.coalesce(events[typed].cast("float64"), json_value)
-    return json_value
+        column = events[typed]
+        return column.cast("float64") if column.type().is_numeric() else column.try_cast("float64")
+    return events.properties[prop].float
 
 
 def resolved_events(con: Backend) -> ir.Table:
@@ -163,11 +165,17 @@ def refresh(ws: Workspace, *, full: bool = False) -> RollupReport:
             if not full:
                 days, full = _dirty_days(ws, con)
             if full:
-                fresh = aggregate(events, props)
-                con.create_table(_NEW, fresh, temp=True, overwrite=True)
+                # rebuilt in place: one INSERT ... SELECT of the aggregate, no staging copy
                 con.raw_sql(f"DELETE FROM {TABLE}")
-                n_days = int(con.table(_NEW).day.nunique().to_pyarrow().as_py())
-                n_changed = int(con.table(_NEW).person_key.nunique().to_pyarrow().as_py())
+                con.insert(TABLE, _in_layout(con, aggregate(events, props)))
+                stats = con.table(TABLE).aggregate(
+                    rows=ibis._.count(),
+                    days=ibis._.day.nunique(),
+                    persons=ibis._.person_key.nunique(),
+                )
+                n_rows, n_days, n_changed = (
+                    int(v) for v in stats.to_pyarrow().to_pylist()[0].values()
+                )
                 ws.warehouse.set_state(con, FULL_KEY, str(refresh_id))
             else:
                 con.create_table(_DIRTY, days, temp=True, overwrite=True)
@@ -189,16 +197,21 @@ def refresh(ws: Workspace, *, full: bool = False) -> RollupReport:
                 con.raw_sql(f"DELETE FROM {TABLE} WHERE day IN (SELECT day FROM {_DIRTY})")
                 n_days = int(dirty.count().to_pyarrow().as_py())
                 con.drop_table(_DIRTY, force=True)
-            new = con.table(_NEW)
-            n_rows = int(new.count().to_pyarrow().as_py())
-            con.insert(TABLE, new.select(*con.table(TABLE).columns))
-            con.drop_table(_NEW, force=True)
+                n_rows = int(new.count().to_pyarrow().as_py())
+                con.insert(TABLE, _in_layout(con, new))
+                con.drop_table(_NEW, force=True)
             ws.warehouse.set_state(con, REFRESH_KEY, str(refresh_id))
             if received is not None:
                 ws.warehouse.set_state(con, RECEIVED_KEY, received.isoformat())
             if identity_at is not None:
                 ws.warehouse.set_state(con, IDENTITY_KEY, identity_at.isoformat())
     return RollupReport(refresh_id, full, n_days, n_rows, n_changed)
+
+
+def _in_layout(con: Backend, rows: ir.Table) -> ir.Table:
+    """``rows`` with ``person_daily``'s columns, in its order and types."""
+    schema = con.table(TABLE).schema()
+    return rows.select(**{name: rows[name].cast(dtype) for name, dtype in schema.items()})
 
 
 def changed_keys(con: Backend, after: int) -> ir.Table:

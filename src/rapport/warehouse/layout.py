@@ -123,6 +123,9 @@ TAG_HISTORY = ibis.schema(
 )
 #: Current members of audiences (bucket NULL) and of segmentation buckets / lifecycle stages.
 SEGMENT_MEMBERS = ibis.schema({"segment": "string", "bucket": "string", "person_key": "int64"})
+#: Audience size over time: one row per refresh (or per minute of live changes) for the whole
+#: segment (bucket NULL) and one per bucket of a segmentation / lifecycle stage.
+SEGMENT_SIZES = ibis.schema({"segment": "string", "bucket": "string", "at": TS, "size": "int64"})
 #: Daily per-person rollups: ``n`` events and the sums of declared numeric properties
 #: (``sum_<property>`` columns, added as the plan declares them).
 PERSON_DAILY = ibis.schema({"person_key": "int64", "day": "date", "event": "string", "n": "int64"})
@@ -141,6 +144,7 @@ TABLES: dict[str, sch.Schema] = {
     "tag_values": TAG_VALUES,
     "tag_history": TAG_HISTORY,
     "segment_members": SEGMENT_MEMBERS,
+    "segment_sizes": SEGMENT_SIZES,
     "person_daily": PERSON_DAILY,
 }
 

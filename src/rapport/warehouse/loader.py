@@ -14,6 +14,7 @@ import ibis.expr.types as ir
 import pyarrow as pa
 from msgspec.structs import astuple
 
+from rapport.conditions.to_ibis import INT_PATTERN, as_number, json_text
 from rapport.log.records import LogRecord
 from rapport.warehouse import layout
 
@@ -40,17 +41,24 @@ def records_to_arrow(records: Sequence[tuple[int, Any]]) -> pa.Table:
     return pa.table(arrays)
 
 
-def _typed(value: ir.JSONValue, kind: str) -> ir.Value:
-    """A JSON value as its declared plan type, NULL when it is not one (never a failed load)."""
+def typed_value(value: ir.JSONValue, kind: str) -> ir.Value:
+    """A JSON property as its declared plan type, read as the conditions read it (so a
+    declared property's column can stand alone: ``conditions.to_ibis``): a number is a JSON
+    number or text that reads as one, an integer likewise (whole numbers only), text is a
+    string or any other value's JSON text; NULL when it is not one (never a failed load)."""
+    text = json_text(value, spark=False)
     if kind == "integer":
-        return value.unwrap_as("int64")
+        whole = text.re_search(INT_PATTERN)
+        return ibis.coalesce(
+            value.unwrap_as("int64"), whole.ifelse(text.try_cast("int64"), ibis.null("int64"))
+        )
     if kind == "number":
-        return value.unwrap_as("float64")
+        return as_number(text)
     if kind == "boolean":
         return value.unwrap_as("boolean")
     if kind == "datetime":
         return value.unwrap_as("string").try_cast(layout.TS)
-    return value.unwrap_as("string")
+    return text
 
 
 def events_from_log(raw: ir.Table, prop_types: dict[str, str]) -> ir.Table:
@@ -76,16 +84,15 @@ def events_from_log(raw: ir.Table, prop_types: dict[str, str]) -> ir.Table:
         "context": ibis.coalesce(payload["context"], ibis.literal("{}").cast("json")),
     }
     for name, kind in prop_types.items():
-        columns[layout.prop_column(name)] = _typed(props[name], kind)
+        columns[layout.prop_column(name)] = typed_value(props[name], kind)
     return raw.select(**columns)
 
 
 def load_from_log(wh: Warehouse, log: _Log, batch: int = 50_000, wait: float = 30.0) -> int:
     loaded = 0
     with wh.connect(wait=wait) as con:
-        columns = wh.event_prop_columns(con)
-        declared = wh.declared_event_properties()
-        prop_types = {name: declared[name] for name in columns if name in declared}
+        # every typed column, declared now or once: each must hold its property for every event
+        prop_types = wh.event_prop_types(con)
         offset = int(wh.get_state(con, OFFSET_KEY) or 0)
         while True:
             records = log.read(offset, batch)

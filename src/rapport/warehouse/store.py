@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Unpack
 import duckdb
 import ibis
 import ibis.expr.types as ir
+import sqlglot as sg
+import sqlglot.expressions as sge
 from ibis.backends.duckdb import Backend
 from ibis.backends.sql.datatypes import DuckDBType
 
@@ -145,7 +147,12 @@ class Warehouse:
     def event_prop_columns(self, con: Backend) -> dict[str, str]:
         """Property name -> column, adding a typed column for each newly declared property.
 
-        Ibis cannot alter a table, so ``ALTER TABLE ... ADD COLUMN`` is raw SQL.
+        The invariant the compilers rely on (``to_ibis``, rollups, tags): **a declared property
+        lives in its typed column**, for every event, so they read the column alone and never
+        parse the JSON for it. The loader and the importer fill the columns of new events;
+        a column added here is backfilled from the JSON of the events already loaded, in the
+        same step (one UPDATE). Ibis cannot alter a table, so the ALTER / UPDATE are SQL (the
+        UPDATE's value is the loader's Ibis expression, compiled).
         """
         declared = {
             name: kind
@@ -155,14 +162,57 @@ class Warehouse:
         columns = set(con.table("events").columns)
         for name, kind in declared.items():
             column = layout.prop_column(name)
-            if column not in columns:
+            if column not in columns:  # the column and its backfill: both or neither
                 type_sql = DuckDBType.to_string(layout.PLAN_TYPES[kind])
-                con.raw_sql(f'ALTER TABLE events ADD COLUMN IF NOT EXISTS "{column}" {type_sql}')
+                with self.transaction(con):
+                    con.raw_sql(
+                        f'ALTER TABLE events ADD COLUMN IF NOT EXISTS "{column}" {type_sql}'
+                    )
+                    self.backfill_prop(con, name, kind)
         return {
             name[len(layout.PROP_PREFIX) :]: name
             for name in con.table("events").columns
             if name.startswith(layout.PROP_PREFIX)
         }
+
+    def event_prop_types(self, con: Backend) -> dict[str, str]:
+        """Property -> plan type of every typed column (declared now, or once: a column keeps
+        being filled after its property is dropped from the plan, or it would go stale)."""
+        columns = self.event_prop_columns(con)
+        declared = self.declared_event_properties()
+        schema = con.table("events").schema()
+        by_dtype = {dtype: kind for kind, dtype in layout.PLAN_TYPES.items()}
+        return {
+            name: declared.get(name) or by_dtype.get(schema[column], "string")
+            for name, column in columns.items()
+        }
+
+    def backfill_prop(self, con: Backend, name: str, kind: str) -> int:
+        """Fill ``prop_<name>`` from the JSON of the events that lack it; the rows set."""
+        from rapport.warehouse.loader import typed_value
+
+        column = layout.prop_column(name)
+        events = con.table("events")
+        value = typed_value(events.properties[name], kind)
+        target = sg.to_identifier(column, quoted=True)
+        # the compiled expression of ``value`` with its table alias dropped (UPDATE has none)
+        select = con.compiler.to_sqlglot(events.select(__v=value))
+        expr = select.expressions[0].this.transform(
+            lambda node: (
+                sge.column(node.name, quoted=True) if isinstance(node, sge.Column) else node
+            )
+        )
+        update = sge.Update(
+            this=sg.table("events", quoted=True),
+            expressions=[sge.EQ(this=sge.column(target), expression=expr)],
+            where=sge.Where(
+                this=sge.and_(
+                    sge.column(target).is_(sge.null()), expr.copy().is_(sge.null()).not_()
+                )
+            ),
+        )
+        done = con.raw_sql(update.sql(con.dialect)).fetchone()
+        return int(done[0]) if done else 0
 
     # -- state ----------------------------------------------------------------------------
     def get_state(self, con: Backend, key: str) -> str | None:

@@ -27,6 +27,7 @@ from rapport.segments.store import (
     members,
     update_segment,
 )
+from rapport.segments.store import sizes as size_series
 from rapport.warehouse import WarehouseBusy
 from rapport.web.auth import Principal, require
 
@@ -137,8 +138,17 @@ def size(body: SizeIn, request: Request, _: Principal = Depends(require())) -> d
 
 @router.get("/api/segments/{name}")
 def get_one(name: str, request: Request, _: Principal = Depends(require())) -> dict[str, Any]:
+    """The segment; an audience also says whether it is kept current per event (``live``)
+    and, when it is not, why (``live_reason``)."""
+    from rapport.segments.live import status
+
+    ws = request.app.state.ws
     try:
-        return get_segment(request.app.state.ws, name)
+        seg = get_segment(ws, name)
+        if seg["kind"] == "audience":
+            live = status(ws, seg)
+            seg.update(live=live["live"], live_reason=live["reason"])
+        return seg
     except ERRORS as exc:
         raise _invalid(exc) from None
 
@@ -217,6 +227,23 @@ def list_members(
         "size": len(found),
         "members": [{"person_key": p, "url": f"/persons/{p}"} for p in keys],
     }
+
+
+@router.get("/api/segments/{name}/sizes")
+def size_history(
+    name: str,
+    request: Request,
+    since: datetime | None = Query(None, description="ISO time (UTC when no offset)"),
+    _: Principal = Depends(require()),
+) -> dict[str, Any]:
+    """The segment's size over time: one series for the whole, one per bucket."""
+    ws = request.app.state.ws
+    try:
+        seg = get_segment(ws, name)
+        series = size_series(ws, name, None if since is None else _as_of(since))
+    except ERRORS as exc:
+        raise _invalid(exc) from None
+    return {"segment": name, "kind": seg["kind"], "series": series}
 
 
 @router.get("/api/segments/{name}/export.csv")

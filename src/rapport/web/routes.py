@@ -13,9 +13,12 @@ def mount(app: FastAPI) -> None:
     """
     from rapport.web import (
         api_conditions,
+        api_delivery,
         api_events,
         api_identity,
         api_imports,
+        api_jobs,
+        api_leads,
         api_persons,
         api_plan,
         api_quarantine,
@@ -28,11 +31,16 @@ def mount(app: FastAPI) -> None:
         console,
         health,
     )
+    from rapport.web.console import jobs as console_jobs
+    from rapport.web.console import leads as console_leads
 
     modules = [health, assets, collector, api_sources, api_plan, api_imports]
     modules += [api_segments]
     modules += [api_tags]
     modules += [api_conditions]
+    modules += [api_jobs, console_jobs]
+    modules += [api_leads, console_leads]
+    modules += [api_delivery]
     modules += [api_events, api_quarantine, api_users, api_persons, api_identity, console]
     for module in modules:
         setup = getattr(module, "setup", None)

@@ -11,6 +11,7 @@ size, a sample and the overlap with the saved version. The work itself is
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
@@ -27,6 +28,7 @@ from rapport.conditions.text import to_text
 from rapport.conditions.validate import context
 from rapport.db import tables
 from rapport.segments import audiences, funnel, lifecycle, segmentations
+from rapport.segments.live import status as live_status
 from rapport.segments.refresh import refresh
 from rapport.segments.store import (
     SegmentError,
@@ -34,6 +36,7 @@ from rapport.segments.store import (
     SegmentNotFound,
     get_segment,
     list_segments,
+    sizes,
 )
 from rapport.warehouse import WarehouseBusy
 from rapport.web.auth import Principal, require
@@ -303,6 +306,7 @@ def _detail(ws: Any, name: str) -> dict[str, Any]:
     found: dict[str, Any] = {"segment": row, "mece": None, "mece_error": None, "buckets": []}
     if row["kind"] == "audience":
         found["text"] = condition_text(definition.get("condition"))
+        found["live"] = live_status(ws, row)
     else:
         found["text"] = ""
         found["buckets"] = [
@@ -316,9 +320,34 @@ def _detail(ws: Any, name: str) -> dict[str, Any]:
             found["mece_error"] = str(exc)
     try:
         found["members"] = _members(ws, name)
+        found["sizes_chart"] = size_chart(row["kind"], sizes(ws, name, last=timedelta(days=90)))
     except WarehouseBusy:
-        found["members"] = []
+        found["members"], found["sizes_chart"] = [], None
     return found
+
+
+def size_chart(kind: str, series: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The "Size over time" chart: the whole audience, or one line per bucket."""
+    lines = [s for s in series if (s["bucket"] is None) == (kind == "audience") and s["points"]]
+    if not lines:
+        return None
+    return {
+        "grid": {"left": 60, "right": 30, "top": 40 if len(lines) > 1 else 15, "bottom": 30},
+        "legend": {"show": len(lines) > 1, "top": 0, "type": "scroll"},
+        "tooltip": {"trigger": "axis"},
+        "xAxis": {"type": "time"},
+        "yAxis": {"type": "value", "minInterval": 1},
+        "series": [
+            {
+                "name": s["bucket"] or "persons",
+                "type": "line",
+                "step": "end",
+                "showSymbol": len(s["points"]) < 60,
+                "data": s["points"],
+            }
+            for s in lines
+        ],
+    }
 
 
 @router.get("/segments/{name}", response_class=HTMLResponse)
