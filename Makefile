@@ -11,7 +11,7 @@ $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --all-groups --compile-bytecode  # this machine sets PYTHONDONTWRITEBYTECODE: without .pyc every process start recompiles Ibis, SQLAlchemy, FastAPI
+	$(UV) sync --frozen --all-groups --all-extras --compile-bytecode  # this machine sets PYTHONDONTWRITEBYTECODE: without .pyc every process start recompiles Ibis, SQLAlchemy, FastAPI
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
