@@ -394,10 +394,12 @@ def test_rate_limit_is_respected(ws, receiver):
     rate = (len(times) - 5) / span
     assert span >= (60 - 5) / 20 * 0.95, span
     assert rate <= 21, f"measured {rate:.1f}/s"
-    for i, t in enumerate(times):  # no one-second window holds more than rate + burst
-        assert sum(1 for u in times[i:] if u - t < 1.0) <= 25
+    # no one-second window holds more than rate + burst (+2: arrival times at the receiver
+    # jitter by a few ms on a busy machine, which can pull one more request into a window)
+    busiest = max(sum(1 for u in times[i:] if u - t < 1.0) for i, t in enumerate(times))
+    assert busiest <= 27, busiest
     print(
-        f"60 messages at 20/s burst 5: {span:.2f} s span, {rate:.1f}/s, "
+        f"60 messages at 20/s burst 5: {span:.2f} s span, {rate:.1f}/s, busiest second {busiest}, "
         f"{time.monotonic() - started:.2f} s"
     )
 
@@ -531,6 +533,10 @@ def test_channels_api_masks_secrets_and_templates_the_body(ws, receiver, client_
     )
     assert patched.status_code == 200 and patched.json()["rate_per_second"] == 5
     assert patched.json()["secret"] == created["secret"], "a patch without secret keeps it"
+    bad = client.patch("/api/delivery/channels/crm", json={"burst": 0}, headers=headers)
+    assert bad.status_code == 422 and bad.json()["field"] == "burst"
+    typo = client.patch("/api/delivery/channels/crm", json={"rate": 5}, headers=headers)
+    assert typo.json() == {"detail": "rate: not a channel field", "field": "rate"}
     stats = client.get("/api/delivery/stats", headers=headers).json()
     assert stats["totals"]["pending"] == 0 and "dispatcher" in stats
 

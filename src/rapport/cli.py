@@ -49,12 +49,25 @@ def serve(
 
     from rapport.web.app import create_app
 
-    ws = Workspace(replace(get_settings(), loader_in_process=False, log_writer_process=True))
-    ws.init()
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "rapport", "warehouse", "follow", "--parent", str(os.getpid())],
-        preexec_fn=_follower_setup,
+    settings = replace(
+        get_settings(),
+        loader_in_process=False,
+        log_writer_process=True,
+        dispatcher_in_process=False,
     )
+    ws = Workspace(settings)
+    ws.init()
+    parent = ["--parent", str(os.getpid())]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "rapport", "warehouse", "follow", *parent],
+            preexec_fn=_follower_setup,
+        ),
+        subprocess.Popen(  # deliveries: their own interpreter, at full priority
+            [sys.executable, "-m", "rapport", "delivery", "dispatch", *parent],
+            preexec_fn=_die_with_parent,
+        ),
+    ]
     try:
         uvicorn.run(
             create_app(workspace=ws),
@@ -64,16 +77,23 @@ def serve(
             access_log=False,
         )
     finally:
-        follower.terminate()
-        follower.wait(30)
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.wait(30)
 
 
 def _follower_setup() -> None:
     """In the follower, before it runs: a lower CPU priority (acknowledging events comes
-    first), and on Linux a SIGTERM when ``serve`` dies. uvicorn re-raises the signal that
-    stopped it, so ``serve``'s own clean-up may never run; a pass then ends mid-transaction,
-    which DuckDB rolls back."""
+    first), and the end of ``serve`` is its end too."""
     os.nice(10)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """On Linux, a SIGTERM when ``serve`` dies. uvicorn re-raises the signal that stopped it,
+    so ``serve``'s own clean-up may never run; a follower's pass then ends mid-transaction
+    (DuckDB rolls back), a dispatcher's claimed messages return when their lease expires."""
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
         import signal
@@ -123,6 +143,7 @@ def _register() -> None:
         ("rapport.segments.cli", "segments"),
         ("rapport.delivery.cli", "delivery"),
         ("rapport.jobs.cli", "jobs"),
+        ("rapport.stream.cli", "worker"),
     ]:
         try:
             mod = importlib.import_module(module)

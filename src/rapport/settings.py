@@ -82,6 +82,17 @@ class Settings:
     #: Person states the stream engine keeps in memory (least recently used ones are dropped
     #: and reloaded from the warehouse when needed).
     stream_max_persons: int = 100_000
+    #: Where lead rules run: "embedded" (in the follower, over the warehouse) or "nats" (the
+    #: follower publishes events with a person to NATS JetStream; ``rapport worker rules``
+    #: processes own its partitions). Live audiences stay in the follower either way.
+    stream_backend: str = "embedded"
+    #: JetStream partitions of the persons' events (subject ``<stream>.<person mod N>``);
+    #: fixed once workers have run: changing it re-homes persons without their state.
+    stream_partitions: int = 8
+    #: The NATS server (with JetStream) of the scaled-out stream path.
+    nats_url: str = "nats://127.0.0.1:4222"
+    #: The JetStream stream holding the persons' events (subjects ``<lowercased name>.<p>``).
+    nats_stream: str = "RAPPORT_PERSONS"
     secret_key: str = field(default="", repr=False)
 
     # -- derived paths ---------------------------------------------------------------------

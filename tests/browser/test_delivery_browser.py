@@ -79,6 +79,15 @@ def test_dead_message_replayed_from_the_log(server, page):  # noqa: F811
         expect(page.locator("#channel-crm")).to_contain_text("webhook")
         page.click("#channel-crm button:has-text('Send test')")
         expect(page.locator(".toast").last).to_contain_text("Test sent to crm: HTTP 200")
+
+        # a new webhook from the form: its generated signing secret is shown once
+        page.click("summary:has-text('New channel')")
+        page.fill("#new-channel input[name=name]", "erp")
+        page.fill("#new-channel textarea[name=config]", f'{{"url": "{receiver.url}"}}')
+        page.check("#new-channel input[name=allow_private]")
+        page.click("#new-channel button[type=submit]")
+        expect(page.locator("#channel-erp")).to_contain_text("allowed")
+        expect(page.locator("#channel-secret")).to_contain_text("whsec_")
         page.screenshot(path=SHOTS.format("delivery-channels"), full_page=True)
     finally:
         ws.close()

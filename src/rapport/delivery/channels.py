@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import Engine, select
 
 from rapport.db.tables import channels, outbox
@@ -177,11 +177,19 @@ def update_channel(engine: Engine, name: str, changes: dict[str, Any]) -> dict[s
         row = conn.execute(select(channels).where(channels.c.name == name)).first()
     if row is None:
         raise DeliveryError(f"no channel named {name!r}", "name", 404)
+    unknown = sorted(set(changes) - set(ChannelSpec.model_fields))
+    if unknown:
+        raise DeliveryError(f"{unknown[0]}: not a channel field", unknown[0])
     merged = {k: v for k, v in row._mapping.items() if k in ChannelSpec.model_fields}
     merged.update({k: v for k, v in changes.items() if not (k == "secret" and v is None)})
     if merged["name"] != name:
         raise DeliveryError("name: a channel cannot be renamed (messages refer to it)", "name")
-    spec = ChannelSpec.model_validate(merged)
+    try:
+        spec = ChannelSpec.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise DeliveryError(f"{where}: {first['msg']}", where) from None
     validate(spec)
     with engine.begin() as conn:
         conn.execute(

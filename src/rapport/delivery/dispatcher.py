@@ -195,7 +195,11 @@ class Dispatcher:
             if wait:
                 await asyncio.sleep(wait)
         async with self._sending, self.clients.lease(channel.name) as client:
-            sent = await adapter_for(channel.kind).send(channel, message, client)
+            try:
+                sent = await adapter_for(channel.kind).send(channel, message, client)
+            except Exception as exc:  # noqa: BLE001 - a bug must not stall the batch: retry
+                log.exception("sending message %s failed", message.id)
+                sent = Sent(False, error=f"{exc.__class__.__name__}: {exc}")
         return self._verdict(message, breaker, sent)
 
     def _verdict(self, message: Claimed, breaker: CircuitBreaker, sent: Sent) -> Result:

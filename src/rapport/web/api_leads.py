@@ -184,6 +184,78 @@ def delete_rule(
     return Response(status_code=204)
 
 
+class BacktestIn(BaseModel):
+    """The period (default: the 7 days before now) and what counts as converting."""
+
+    model_config = ConfigDict(extra="forbid")
+    start: datetime | None = Field(None, description="ISO-8601; UTC if naive")
+    end: datetime | None = Field(None, description="exclusive; default now")
+    goal: str = Field("order_paid", min_length=1, max_length=100, description="the goal event")
+    days: int = Field(7, ge=1, le=365, description="converted: did the goal within these days")
+
+
+class DryRunIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hours: float = Field(24, gt=0, le=24 * 31, description="the last N hours of event time")
+    end: datetime | None = Field(None, description="default now")
+    goal: str = Field("order_paid", min_length=1, max_length=100)
+    days: int = Field(7, ge=1, le=365)
+
+
+def _typed_rule(request: Request, name: str) -> rules.LeadRule:
+    _rule(request, name)
+    with _ws(request).db.connect() as conn:
+        return rules.load(conn, name)
+
+
+def masked_sample(ws: Any, who: Principal, result: dict[str, Any]) -> dict[str, Any]:
+    """A backtest's result with personal data in its sample's evidence masked (as leads')."""
+    if who.sees_pii:
+        return result
+    fields = pii_fields(ws.db)
+    sample = [{**s, "evidence": mask(s["evidence"], fields)} for s in result["sample"]]
+    return {**result, "sample": sample}
+
+
+@router.post("/rules/{name}/backtest")
+def backtest_rule(
+    name: str,
+    body: BacktestIn,
+    request: Request,
+    who: Principal = Depends(require(*RULE_EDITORS)),
+) -> dict[str, Any]:
+    """How many leads the rule (as saved) would have made in ``[start, end)``, and what became
+    of those persons; writes nothing (``rapport.leads.backtest``)."""
+    from datetime import timedelta
+
+    from rapport.leads import backtest
+
+    rule = _typed_rule(request, name)
+    end = _utc(body.end) or datetime.now(UTC)
+    start = _utc(body.start) or end - timedelta(days=7)
+    if start >= end:
+        raise Problem(422, "start: the period must start before it ends", "start")
+    result = backtest.backtest(_ws(request), rule, start, end, goal=body.goal, days=body.days)
+    return masked_sample(_ws(request), who, result)
+
+
+@router.post("/rules/{name}/dry-run")
+def dry_run_rule(
+    name: str,
+    body: DryRunIn,
+    request: Request,
+    who: Principal = Depends(require(*RULE_EDITORS)),
+) -> dict[str, Any]:
+    """The live stream logic of the rule over the last ``hours`` of events, writing nothing."""
+    from rapport.leads import backtest
+
+    rule = _typed_rule(request, name)
+    result = backtest.dry_run(
+        _ws(request), rule, body.hours, _utc(body.end), goal=body.goal, days=body.days
+    )
+    return masked_sample(_ws(request), who, result)
+
+
 # -- teams and routes (admins) ------------------------------------------------------------------
 def _routing_problem(exc: Exception) -> Problem:
     if isinstance(exc, routing.RoutingNotFound):

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from rapport.accounts import Role, audit
 from rapport.conditions.validate import context
 from rapport.leads import records, routing, rules
-from rapport.web.api_leads import masked
+from rapport.web.api_leads import masked, masked_sample
 from rapport.web.auth import Principal, require
 from rapport.web.console.pages import Pager, form_time, page, problem, render, toast
 
@@ -293,6 +293,61 @@ async def rule_status(
         raise HTTPException(404, str(exc)) from None
     audit(_ws(request).db, who.name, f"lead_rule.{status}", name)
     return toast(_editor(request, who, saved), f"Rule {name} is {status}.")
+
+
+def backtest_chart(daily: list[dict[str, Any]]) -> dict[str, Any]:
+    """Leads per day, as bars."""
+    return {
+        "grid": {"left": 50, "right": 20, "top": 15, "bottom": 30},
+        "tooltip": {"trigger": "axis"},
+        "xAxis": {"type": "category", "data": [d["day"] for d in daily]},
+        "yAxis": {"type": "value", "minInterval": 1},
+        "series": [{"name": "leads", "type": "bar", "data": [d["leads"] for d in daily]}],
+    }
+
+
+@router.post("/leads/rules/{name}/backtest", response_class=HTMLResponse)
+async def backtest_rule(
+    name: str, request: Request, who: Principal = Depends(require(*RULE_EDITORS))
+) -> Response:
+    """The backtest card's result: ``start``/``end`` (a backtest) or ``hours`` (a dry-run)."""
+    from datetime import UTC, datetime, timedelta
+
+    from rapport.leads import backtest
+
+    form = await request.form()
+    ws = _ws(request)
+    try:
+        with ws.db.connect() as conn:
+            rule = rules.load(conn, name)
+    except rules.RuleNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    goal = str(form.get("goal") or backtest.GOAL_EVENT).strip()
+    try:
+        days = int(str(form.get("days") or backtest.GOAL_DAYS))
+        hours = float(str(form["hours"])) if form.get("hours") else None
+    except ValueError:
+        raise HTTPException(422, "days and hours are numbers") from None
+    end = form_time("end", str(form.get("end") or "")) or datetime.now(UTC)
+    try:
+        if hours is not None:
+            result = await run_in_threadpool(
+                backtest.dry_run, ws, rule, hours, end, goal=goal, days=days
+            )
+        else:
+            start = form_time("start", str(form.get("start") or "")) or end - timedelta(days=7)
+            result = await run_in_threadpool(
+                backtest.backtest, ws, rule, start, end, goal=goal, days=days
+            )
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    result = masked_sample(ws, who, result)
+    return render(
+        request,
+        "leads/_backtest.html",
+        result=result,
+        chart_option=backtest_chart(result["daily"]),
+    )
 
 
 # -- teams and routes -------------------------------------------------------------------------
