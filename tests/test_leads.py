@@ -177,8 +177,8 @@ def test_seed_rule_is_stored_verbatim_and_reads_back_as_text(client, workspace):
     }
     trigger = saved["definition"]["trigger"]
     assert trigger["kind"] == "sequence" and trigger["then_not"] == {
-        "event": "order_paid",
-        "where": [],
+        "event": "order_paid",  # for that item: a reference to the view's item
+        "where": [{"field": "item_id", "op": "=", "value": {"ref": "v.item_id"}}],
     }
     assert trigger["steps"][0]["where"] == [
         {"field": "category", "op": "=", "value": "fridge"},
@@ -456,7 +456,8 @@ def test_console_inbox_claim_status_note_and_rule_editor(client, workspace):
     assert client.get(f"/leads/rules/{rule.name}").status_code == 200
     denied = client.post(f"/leads/rules/{rule.name}", data={"score": "10"}, headers=hx)
     assert denied.status_code == 403
-    assert "BACKTEST PLACEHOLDER" in client.get(f"/leads/rules/{rule.name}").text
+    page = client.get(f"/leads/rules/{rule.name}").text
+    assert 'id="backtest"' in page and 'id="backtest-form"' not in page  # sales: no backtest
     assert client.get("/leads/teams").status_code == 200
 
 

@@ -506,6 +506,8 @@ class _Compiler:
 
     def sequence(self, seq: Sequence, path: str) -> ir.Table:
         ref.check_sequence(seq, path)
+        if not ref.is_plain(seq):  # strict, counted or referring steps: ``_pattern_persons``
+            return _pattern_persons(self, seq, path)
         within = ibis.interval(seconds=seq.within.seconds())
         first = self._step(seq.steps[0], seq.window, f"{path}.steps[0]")
         if seq.then_not is not None:
@@ -548,3 +550,153 @@ class _Compiler:
             ).select("person_key", "__t1", "__tl")
             chains = chains.select("person_key", "__t1", "__tl").difference(broken)
         return chains.select("person_key").distinct()
+
+
+# -- patterns: strict, counted and referring steps; trigger matches (backtests) -----------------
+def trigger_matches(
+    cond: Condition,
+    con: BaseBackend | BatchContext,
+    start: datetime,
+    end: datetime,
+    *,
+    tables: Mapping[str, str] | None = None,
+) -> ir.Table:
+    """The matches a lead rule's trigger makes with ``fired_at`` in ``[start, end)``: one row
+    each (``person_key``, ``fired_at``, ``key``, ``evidence``: the evidence events' ids), the
+    same as the stream engine reports for the same events (``to_stream.Trigger``). The
+    matching policy is sequential per person (a match bars the next from overlapping it), so
+    the warehouse filters (``_pattern_events``) and the stream's own automaton reads each
+    person's flagged events once (``to_stream.replay``). ``con`` is a backend, or a
+    ``BatchContext`` (its tables and typing; its ``as_of`` becomes ``end``)."""
+    import pyarrow as pa
+
+    from rapport.conditions.to_stream import replay
+
+    trigger = ref.check_trigger(cond)
+    if isinstance(con, BatchContext):
+        ctx = BatchContext(
+            con.con, end, con.attr_types, con.tables, con.attr_columns, con.props_in_columns
+        )
+    else:
+        ctx = BatchContext(con, end, tables=dict(tables or DEFAULT_TABLES))
+    c = _Compiler(ctx)
+    within = timedelta(0) if isinstance(trigger, EventIs) else _within(trigger)
+    plain, persons = _pattern_events(c, trigger, start - within, "$")
+    out: dict[str, list[Any]] = {"person_key": [], "fired_at": [], "key": [], "evidence": []}
+    for person, recs in persons:
+        for m in replay(plain, recs, end):
+            if start <= m.fired_at < end:
+                out["person_key"].append(person)
+                out["fired_at"].append(m.fired_at)
+                out["key"].append(m.key)
+                out["evidence"].append([x.id for x in m.evidence])
+    schema = pa.schema(
+        [
+            ("person_key", pa.int64()),
+            ("fired_at", pa.timestamp("us", tz="UTC")),
+            ("key", pa.string()),
+            ("evidence", pa.list_(pa.string())),
+        ]
+    )
+    return ibis.memtable(pa.table(out, schema=schema))
+
+
+def _within(seq: Sequence) -> timedelta:
+    return timedelta(seconds=seq.within.seconds())
+
+
+def _pattern_events(
+    c: _Compiler, cond: EventIs | Sequence, low: datetime | None, path: str
+) -> tuple[Condition, list[tuple[int, list[Any]]]]:
+    """The events a pattern reads (every event when a step is ``next``) up to ``as_of``, of
+    the persons with a first step at or after ``low``, per person in time order, each with one
+    flag per step for its plain filters (computed here, with the warehouse's typing) and the
+    text of every property a reference compares; and the pattern rewritten to read those
+    flags (a step's plain filters become ``__w<k> = true``)."""
+    from rapport.conditions.model import Ref
+    from rapport.stream.state import EventRec
+
+    if isinstance(cond, EventIs):
+        steps: list[tuple[str, Step]] = [("event", Step(event=cond.event, where=cond.where))]
+        strict, anchor = False, None
+    else:
+        steps = [(f"steps[{i}]", s) for i, s in enumerate(cond.steps)]
+        steps += [(n, s) for n in ("excluding", "then_not") if (s := getattr(cond, n))]
+        strict, anchor = any(s.next for s in cond.steps), cond.window.since_event
+    refs = [f for _, s in steps for f in s.where if isinstance(f.value, Ref)]
+    fields = sorted({f.field for f in refs} | {f.value.field for f in refs})  # type: ignore[union-attr]
+    e = c.ctx.table("events")
+    e = e.filter(e.person_key >= 0, e.ts <= c.as_of)
+    if not strict:
+        names = {s.event for _, s in steps} | ({anchor} if anchor else set())
+        e = e.filter(e.event.isin(sorted(names)))
+    if any(f.startswith("item.") for f in fields) or any(
+        f.field.startswith("item.") for _, s in steps for f in s.where
+    ):
+        e = c._with_item(e)
+    flags: dict[str, ir.BooleanValue] = {}
+    for k, (where, s) in enumerate(steps):
+        flag = e.event == s.event
+        for i, cmp in enumerate(s.where):
+            if not isinstance(cmp.value, Ref):
+                flag = flag & c.filter(e, cmp, f"{path}.{where}.where[{i}]")
+        flags[f"__w{k}"] = flag.fill_null(False)
+    texts = {
+        f"__v{i}": json_text(e["__item"][f[5:]], c.ctx.spark)
+        if f.startswith("item.")
+        else c.prop_text(e, f)
+        for i, f in enumerate(fields)
+    }
+    ids = e.event_id if "event_id" in e.columns else ibis.null("string")
+    e = e.select("person_key", "ts", "event", event_id=ids, **flags, **texts)
+    firsts = e.filter(e["__w0"])
+    if low is not None:
+        firsts = firsts.filter(firsts.ts >= ibis.literal(low.astimezone(UTC), type=TS))
+    e = e.semi_join(firsts.select("person_key").distinct(), "person_key")
+    rows = e.order_by(["person_key", "ts", "event_id"]).to_pyarrow().to_pylist()
+
+    def flagged(k: int, s: Step) -> Step:
+        kept = [f for f in s.where if isinstance(f.value, Ref)]
+        flag = Compare(field=f"__w{k}", op=Op.eq, value=True)
+        return s.model_copy(update={"where": [flag, *kept]})
+
+    plain: Condition
+    if isinstance(cond, EventIs):
+        plain = EventIs(event=cond.event, where=flagged(0, steps[0][1]).where)
+    else:
+        update: dict[str, Any] = {
+            n: flagged(k, s) for k, (n, s) in enumerate(steps) if not n.startswith("steps")
+        }
+        update["steps"] = [flagged(k, s) for k, (n, s) in enumerate(steps) if n[:6] == "steps["]
+        plain = cond.model_copy(update=update)
+    persons: list[tuple[int, list[Any]]] = []
+    for row in rows:
+        if not persons or persons[-1][0] != row["person_key"]:
+            persons.append((row["person_key"], []))
+        props: dict[str, Any] = {f"__w{k}": row[f"__w{k}"] for k in range(len(steps))}
+        item: dict[str, Any] = {}
+        for i, name in enumerate(fields):
+            if name.startswith("item."):
+                item[name[5:]] = row[f"__v{i}"]
+            else:
+                props[name] = row[f"__v{i}"]
+        ts = row["ts"] if row["ts"].tzinfo else row["ts"].replace(tzinfo=UTC)
+        persons[-1][1].append(EventRec(ts, row["event"], props, item or None, row["event_id"]))
+    return plain, persons
+
+
+def _pattern_persons(c: _Compiler, seq: Sequence, path: str) -> ir.Table:
+    """The boolean form of a sequence with strict, counted or referring steps: the persons
+    with a first step inside the window, their flagged events read by the stream predicate
+    (some chain exists as of ``as_of``); a ``person_key`` memtable for the set operations."""
+    import pyarrow as pa
+
+    from rapport.conditions.to_stream import compile as stream
+    from rapport.stream.state import PersonState
+
+    as_of, w = c.ctx.as_of, seq.window
+    low = as_of - timedelta(seconds=w.last.seconds()) if w.last is not None else w.start
+    plain, persons = _pattern_events(c, seq, low, path)
+    pred = stream(plain)
+    keys = [k for k, recs in persons if pred(PersonState(k, events=recs), as_of)]
+    return ibis.memtable(pa.table({"person_key": pa.array(keys, pa.int64())}))

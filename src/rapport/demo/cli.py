@@ -151,6 +151,13 @@ def _summary(console: Console, files: DemoFiles, report: LoadReport) -> None:
         )
         for tag, error in labels["failed_tags"].items():
             console.print(f"[red]tag {tag} failed:[/red] {error}")
+        leads = labels.get("leads") or {}
+        if leads.get("backtest"):
+            console.print(
+                f"Leads: rule {leads['rule']} is live; over the last {leads['days']} days it "
+                f"{leads['backtest']['summary']}; {leads['leads']:,} leads made (Leads page, "
+                "outbound call list)."
+            )
     quarantine = Table(title="Quarantine (open) by reason")
     quarantine.add_column("reason")
     quarantine.add_column("records", justify="right")

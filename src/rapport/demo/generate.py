@@ -49,6 +49,7 @@ ORDERS_SCHEMA = pa.schema(
         ("category", pa.string()),
         ("amount", pa.float64()),
         ("paid_at", pa.timestamp("us", tz="UTC")),
+        ("item_id", pa.string()),
     ]
 )
 TRUTH_SCHEMA = pa.schema(

@@ -173,7 +173,7 @@ def import_specs(files: DemoFiles) -> list[dict[str, Any]]:
                 "target": "events",
                 "event": {"name": "order_paid", "time": "paid_at", "id": "order_id"},
                 "identifiers": {"customer_id": "customer_id", "mobile": "mobile"},
-                "properties": ["order_id", "model", "category", "amount"],
+                "properties": ["order_id", "item_id", "model", "category", "amount"],
             },
         },
         {
@@ -284,7 +284,15 @@ def label_people(ws: Workspace, progress: Progress | None = None) -> dict[str, A
     define_demo_segments(ws)
     segments = refresh_all(ws)
     failed = {t["tag"]: t["error"] for t in tags if "error" in t}
-    return {"tags": len(tags) - len(failed), "failed_tags": failed, "segments": len(segments)}
+    from rapport.leads.demo import setup_demo_leads  # the seed rule reads the tags above
+
+    leads = setup_demo_leads(ws)
+    return {
+        "tags": len(tags) - len(failed),
+        "failed_tags": failed,
+        "segments": len(segments),
+        "leads": leads,
+    }
 
 
 def quarantine_counts(ws: Workspace) -> dict[str, int]:

@@ -285,7 +285,8 @@ class PersonRecords:
             else:
                 model, category = item.model, item.category
             when = datetime.fromtimestamp(paid, UTC)
-            self.chunk.orders.append((order_id, customer_id, mobile, model, category, amount, when))
+            row = (order_id, customer_id, mobile, model, category, amount, when, item.item_id)
+            self.chunk.orders.append(row)
             self.chunk.record("orders", order_id, p.pid)
             preferred = "app" if rng.random() < 0.6 else ("web" if rng.random() < 0.6 else "store")
             if p.big_spender and isinstance(item, Hotel):
@@ -325,6 +326,7 @@ class PersonRecords:
                 failed["channel"] = "server"
                 extra = {"customer_id": customer_id, "properties": failed}
             paid_props = {"order_id": order_id, "amount": amount, "item_count": 1}
+            paid_props["item_id"] = item.item_id
             paid_props["channel"] = platform
             plan.append(("track", "order_paid", paid_props, extra))
         if not self.p.member_ids:  # guest checkout: the SDK identifies the device by mobile

@@ -1,201 +1,107 @@
-"""Stage 2 of the stream path: rules kept current per event, and timers on event time.
+"""Stage 2 of the stream path, embedded: the rule core (``rapport.stream.core``) driven from
+the warehouse, in the follower process after each stage-1 pass.
 
-Rules come from *providers* (audiences now, lead rules next): a provider turns its definitions
-into ``Rule`` objects (a compiled ``StreamRule`` plus what to do when it is judged) and applies
-the outputs the rules return, once per chunk of events. The engine owns what is generic:
+Rules come from *providers* (audiences, lead rules): a provider turns its definitions into
+``Rule`` objects (a compiled ``StreamRule`` plus what to do when it is judged) and applies the
+outputs the rules return, once per chunk of events. This driver owns where things come from:
 
 - which events to read: those past the ``stream_offset`` checkpoint that have a person
   (stage 1 done) and that some rule is interested in (``RuleIndex``), in log-offset order;
-- each person's ``PersonState``: loaded from the warehouse on first sight (one query for all
-  new persons of a chunk: their interesting events within the rules' ``Retention``, taken
-  from before the checkpoint so that the chunk's own events are not added twice), kept in an
-  LRU of ``stream_max_persons`` and pruned. The warehouse is the durable state: a dropped
-  state is reloaded and gives the same answers;
-- the watermark: the latest event time read so far minus ``stream_lateness_seconds``, and,
-  when the log has been idle for ``stream_idle_seconds``, wall-clock minus the lateness (so an
-  absence or a window still ends in a quiet hour). It only moves forward;
-- timers on event time: after judging a rule for a person, the rule's ``deadline`` (the next
-  event time at which its answer may change by time alone) goes on a heap; a timer fires when
-  the watermark passes it, before any later event is applied. Timers are not stored: a new
-  engine (a restart, a changed definition) recomputes them for the persons the rules watch
-  (an audience's members) and for those with an interesting event within the rules' horizon;
-- identity merges (``identity_history`` rows after ``stream_merge_seq``): both persons' states
-  are dropped, rules are told of the merged-away id, and the survivor is judged again.
-
-A rule is judged at ``max(event time, watermark, the person's latest event)``: the person's
-"now" in event time, so a late event changes the answer of now, not of the past.
+- a person's history (the core's loader): loaded from the warehouse on first sight (one
+  query for all new persons of a chunk: their interesting events within the rules'
+  ``Retention``, taken from before the checkpoint so that the chunk's own events are not
+  added twice). The warehouse is the durable state: a dropped state is reloaded and gives the
+  same answers;
+- the idle clock: when the log has been idle for ``stream_idle_seconds``, the watermark
+  follows wall-clock minus the lateness (so an absence or a window still ends in a quiet
+  hour);
+- timers are not stored: a new engine (a restart, a changed definition) recomputes them for
+  the persons the rules watch (an audience's members) and for those with an interesting event
+  within the rules' horizon;
+- identity merges: ``identity_history`` rows after ``stream_merge_seq``.
 
 Checkpoint: ``stream_offset``, ``stream_watermark`` and ``stream_merge_seq`` in
 ``warehouse_state``, written after the providers applied a chunk's outputs. A pass cut short
 between the two re-reads the chunk: outputs must be idempotent (audience changes are; system
-events carry a message id the log deduplicates).
+events carry a message id the log deduplicates; leads dedupe on their key).
+
+With ``stream_backend = "nats"`` the providers that need no warehouse (lead rules) run in
+``rapport worker rules`` processes instead, and this pass publishes their input
+(``rapport.stream.partitions``).
 """
 
 from __future__ import annotations
 
-import heapq
-import importlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import reduce
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any
 
 import ibis
 import orjson
 import pyarrow as pa
 
-from rapport.conditions.model import (
-    And,
-    Attr,
-    Compare,
-    Condition,
-    Did,
-    EventIs,
-    HasTag,
-    InSegment,
-    Not,
-    Or,
-    Sequence,
-)
 from rapport.conditions.reference import cast_attr
-from rapport.stream.state import EventRec, PersonState, Retention, RuleIndex
+from rapport.stream import core
+from rapport.stream.core import (
+    EPOCH,
+    Core,
+    PassStats,
+    Provider,
+    Reads,
+    Rule,
+    horizon_of,
+    reads_of,
+)
+from rapport.stream.state import EventRec, PersonState
 
 if TYPE_CHECKING:
     from ibis.backends.duckdb import Backend
 
-    from rapport.conditions.to_stream import StreamRule
+    from rapport.settings import Settings
     from rapport.workspace import Workspace
+
+__all__ = [
+    "PROVIDERS",
+    "Engine",
+    "PassStats",
+    "Provider",
+    "Reads",
+    "Rule",
+    "engine_for",
+    "forget",
+    "horizon_of",
+    "reads_of",
+    "run_pass",
+]
 
 log = logging.getLogger(__name__)
 
 #: providers by import path ("module:factory"); a factory takes no argument
-PROVIDERS: list[str] = ["rapport.segments.live:AudienceProvider"]
+PROVIDERS: list[str] = ["rapport.segments.live:AudienceProvider", "rapport.leads.live:LeadProvider"]
+#: providers that read or write the warehouse: they stay in the follower when the stream is
+#: scaled out (``stream_backend = "nats"``); the others run in the workers
+WAREHOUSE_PROVIDERS = frozenset({"rapport.segments.live:AudienceProvider"})
 OFFSET_KEY = "stream_offset"
 WATERMARK_KEY = "stream_watermark"
 MERGE_KEY = "stream_merge_seq"
 #: log offsets read per chunk (one history load and one apply per chunk)
 CHUNK = 50_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH = EPOCH
 
 
-# -- what rules read ----------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Reads:
-    """What a person's state must hold besides events: attributes, tags, segments, items."""
-
-    attrs: frozenset[str] = frozenset()
-    tags: frozenset[str] = frozenset()
-    segments: frozenset[str] = frozenset()
-    items: bool = False
-
-    def merge(self, other: Reads) -> Reads:
-        return Reads(
-            self.attrs | other.attrs,
-            self.tags | other.tags,
-            self.segments | other.segments,
-            self.items or other.items,
-        )
-
-
-def _item_filter(where: Iterable[Compare]) -> bool:
-    return any(c.field.startswith("item.") for c in where)
-
-
-def reads_of(cond: Condition) -> Reads:
-    """The profile data ``cond`` reads (events are given by ``StreamRule.interest``)."""
-    match cond:
-        case And(all=parts) | Or(any=parts):
-            return reduce(Reads.merge, (reads_of(p) for p in parts), Reads())
-        case Not(cond=inner):
-            return reads_of(inner)
-        case Attr(field=name):
-            return Reads(attrs=frozenset({name}))
-        case HasTag(tag=tag):
-            return Reads(tags=frozenset({tag}))
-        case InSegment(segment=seg):
-            return Reads(segments=frozenset({seg}))
-        case Did(where=where) | EventIs(where=where):
-            return Reads(items=_item_filter(where))
-        case Sequence():
-            steps = [*cond.steps, *(s for s in (cond.excluding, cond.then_not) if s)]
-            return Reads(items=any(_item_filter(s.where) for s in steps))
-    return Reads()
-
-
-def horizon_of(cond: Condition) -> timedelta:
-    """How long after an event a timer of ``cond`` can still be due (a ``last N`` window
-    letting it go, an absence maturing): the look-back that rebuilding timers needs."""
-    match cond:
-        case And(all=parts) | Or(any=parts):
-            return max((horizon_of(p) for p in parts), default=timedelta(0))
-        case Not(cond=inner):
-            return horizon_of(inner)
-        case Did(window=w) if w.last is not None:
-            return timedelta(seconds=w.last.seconds())
-        case Sequence(window=w):
-            last = timedelta(seconds=w.last.seconds()) if w.last is not None else timedelta(0)
-            return max(last, timedelta(seconds=cond.within.seconds()))
-    return timedelta(0)
-
-
-# -- the seam -----------------------------------------------------------------------------------
-class Rule(Protocol):
-    """One rule of a provider. The ``on_*`` methods return an output for the provider's
-    ``apply`` (None: nothing happened)."""
-
-    key: str
-    compiled: StreamRule
-    reads: Reads
-    horizon: timedelta
-
-    def on_event(self, state: PersonState, at: datetime, event: EventRec) -> Any | None: ...
-
-    def on_timer(self, state: PersonState, at: datetime) -> Any | None: ...
-
-    def on_merge(self, survivor: int, merged_away: int, at: datetime) -> Any | None: ...
-
-    def watched(self) -> Iterable[int]:
-        """Persons whose timers a new engine must rebuild even without a recent event."""
-        ...
-
-
-class Provider(Protocol):
-    name: str
-
-    def version(self, ws: Workspace) -> Hashable:
-        """Cheap: changes when the definitions change (the rules are then rebuilt)."""
-        ...
-
-    def rules(self, ws: Workspace) -> list[Rule]: ...
-
-    def begin(self, ws: Workspace) -> None:
-        """Before a pass does work: re-read what the batch path may have changed."""
-        ...
-
-    def apply(self, ws: Workspace, outputs: list[Any]) -> None: ...
+def provider_paths(settings: Settings, where: str = "embedded") -> list[str]:
+    """The providers that run ``where`` ("embedded": the follower; "worker")."""
+    if settings.stream_backend != "nats":
+        return list(PROVIDERS) if where == "embedded" else []
+    keep = where == "embedded"
+    return [p for p in PROVIDERS if (p in WAREHOUSE_PROVIDERS) == keep]
 
 
 def load_providers(paths: Iterable[str] = ()) -> list[Provider]:
-    out = []
-    for path in paths or PROVIDERS:
-        module, _, name = path.partition(":")
-        out.append(getattr(importlib.import_module(module), name)())
-    return out
-
-
-@dataclass
-class PassStats:
-    events: int = 0  # events read (of interest to some rule)
-    judged: int = 0  # rule evaluations
-    timers: int = 0  # timers fired
-    outputs: int = 0
-    loaded: int = 0  # person states loaded from the warehouse
-    offset: int = 0
-    watermark: datetime | None = None
+    return core.load_providers(list(paths) or PROVIDERS)
 
 
 @dataclass
@@ -208,10 +114,11 @@ class _Batch:
     names: list[str] = field(default_factory=list)
     props: list[str | None] = field(default_factory=list)
     items: list[str | None] = field(default_factory=list)
+    ids: list[str | None] = field(default_factory=list)
     running: list[datetime] = field(default_factory=list)
 
 
-class Engine:
+class Engine(Core):
     """One per process and warehouse (``engine_for``); ``run_pass`` after each stage-1 pass."""
 
     def __init__(
@@ -221,52 +128,27 @@ class Engine:
         clock: Callable[[], float] = time.time,
     ) -> None:
         s = ws.settings
-        self.ws = ws
-        self.providers = load_providers() if providers is None else providers
+        if providers is None:
+            providers = core.load_providers(provider_paths(s))
+        super().__init__(
+            ws,
+            providers,
+            self._history,
+            lateness=timedelta(seconds=s.stream_lateness_seconds),
+            max_persons=s.stream_max_persons,
+        )
         self.clock = clock
-        self.lateness = timedelta(seconds=s.stream_lateness_seconds)
         self.idle = s.stream_idle_seconds
-        self.max_persons = s.stream_max_persons
-        self.states: OrderedDict[int, PersonState] = OrderedDict()
-        #: (deadline as POSIX seconds: cheap to compare, sequence, person, rule, deadline)
-        self.timers: list[tuple[float, int, int, str, datetime]] = []
-        self.due: dict[tuple[int, str], datetime] = {}
-        self._seq = 0
-        self.rules: dict[str, Rule] = {}
-        self.owner: dict[str, Provider] = {}
-        self.outputs: dict[str, list[Any]] = {}
-        self.index = RuleIndex({})
-        self.names: list[str] | None = []
-        self.retention = Retention()
-        self.reads = Reads()
-        self.versions: list[Hashable] | None = None
         self.offset: int | None = None
-        self.watermark = _EPOCH
         self.merge_seq = -1
         self.started = False
         self.last_activity = clock()
-        self.stats = PassStats()
 
-    # -- rules --------------------------------------------------------------------------------
-    def refresh_rules(self) -> None:
-        versions = [p.version(self.ws) for p in self.providers]
-        if versions == self.versions:
-            return
-        self.rules, self.owner = {}, {}
-        for provider in self.providers:
-            for rule in provider.rules(self.ws):
-                self.rules[rule.key] = rule
-                self.owner[rule.key] = provider
-        compiled = [r.compiled for r in self.rules.values()]
-        self.index = RuleIndex({k: r.compiled.interest for k, r in self.rules.items()})
-        self.names = None if self.index.reads_all() else sorted(self.index.events())
-        self.retention = reduce(Retention.merge, (c.retention for c in compiled), Retention())
-        self.reads = reduce(Reads.merge, (r.reads for r in self.rules.values()), Reads())
-        self.versions = versions
-        # compiled rules keep their memo in the states, and timers name rules: start over
-        self.states.clear()
-        self.timers, self.due = [], {}
-        self.started = False
+    def refresh_rules(self) -> bool:
+        changed = super().refresh_rules()
+        if changed:
+            self.started = False
+        return changed
 
     # -- a pass -------------------------------------------------------------------------------
     def run_pass(self, loaded: int | None = None) -> PassStats:
@@ -282,7 +164,7 @@ class Engine:
             if self.offset is None:
                 self._read_checkpoint(con)
             assert self.offset is not None
-            hi = self._ready_until(con, self.offset)
+            hi = ready_until(self.ws, con, self.offset)
             merges = self._merges(con) if self.rules else []
             if not self.rules and hi > self.offset:  # nothing to judge: only move along
                 ev = con.table("events")
@@ -313,10 +195,9 @@ class Engine:
         if idle:  # a quiet log: event time moves with the clock
             wall = datetime.fromtimestamp(now, UTC) - self.lateness
             if wall > self.watermark:
-                self.watermark = wall
-                self._fire(wall, inclusive=True)
+                self.advance(wall)
         self._flush()
-        self._evict()
+        self.evict()
         self.stats.offset, self.stats.watermark = self.offset, self.watermark
         return self.stats
 
@@ -325,81 +206,26 @@ class Engine:
         with self.ws.warehouse.connect() as con:
             batch, top = self._fetch(con, self.offset, upto)
         end = self.watermark if top is None else max(self.watermark, top - self.lateness)
-        missing = {p for p in batch.persons if p not in self.states}
-        bound = end.timestamp()
-        missing |= {t[2] for t in self.timers if t[0] <= bound and t[2] not in self.states}
+        missing = {p for p in batch.persons if p not in self.states} | self.persons_due(end)
         low = min(batch.times, default=end)
         self._load(missing, min(low, self.watermark))
-        rules, index, item_reads = self.rules, self.index, self.reads.items
-        states, lateness = self.states, self.lateness
-        loads = orjson.loads
+        items = batch.items if self.reads.items else None
+        loads, feed = orjson.loads, self.feed
         for i, person in enumerate(batch.persons):
-            ts = batch.times[i]
-            w = batch.running[i] - lateness
-            if w > self.watermark:
-                self._fire(w, inclusive=False)
-                self.watermark = w
             raw = batch.props[i]
-            item = batch.items[i] if item_reads else None
+            item = items[i] if items is not None else None
             rec = EventRec(
-                ts, batch.names[i], loads(raw) if raw else {}, loads(item) if item else None
+                batch.times[i],
+                batch.names[i],
+                loads(raw) if raw else {},
+                loads(item) if item else None,
+                batch.ids[i],
             )
-            state = states.get(person)
-            if state is None:  # dropped meanwhile (a merge): reload from the warehouse
-                self._load({person}, ts)
-                state = states[person]
-            states.move_to_end(person)  # least recently used first
-            state.add(rec)
-            at = max(ts, self.watermark, state.events[-1].ts)
-            keys = cast(list[str], index.rules_for(rec.event))
-            for key in keys:
-                rule = rules[key]
-                self._emit(key, rule.on_event(state, at, rec))
-                self._schedule(state, key, rule, at)
-            self.stats.judged += len(keys)
-            floor = self.retention.keep_since(state, at)
-            if floor is not None and state.events and state.events[0].ts < floor:
-                state.prune(floor)
-        self.stats.events += len(batch.persons)
-        if end > self.watermark:
-            self.watermark = end
-        self._fire(self.watermark, inclusive=True)
+            feed(person, rec, batch.running[i])
+        self.advance(end)
         self.offset = upto
         self._flush()
-        self._evict()
-
-    # -- timers -------------------------------------------------------------------------------
-    def _schedule(self, state: PersonState, key: str, rule: Rule, at: datetime) -> None:
-        when = rule.compiled.deadline(state, at)
-        slot = (state.person, key)
-        if when is None or when <= at:
-            self.due.pop(slot, None)
-            return
-        if self.due.get(slot) == when:
-            return
-        self.due[slot] = when
-        self._seq += 1
-        heapq.heappush(self.timers, (when.timestamp(), self._seq, state.person, key, when))
-
-    def _fire(self, limit: datetime, inclusive: bool) -> None:
-        """Fire the timers due before ``limit`` (at it, too, when ``inclusive``) in time order."""
-        timers, bound = self.timers, limit.timestamp()
-        while timers and (timers[0][0] < bound or (inclusive and timers[0][0] == bound)):
-            _, _, person, key, when = heapq.heappop(timers)
-            if self.due.get((person, key)) != when:
-                continue  # superseded by a later judgement
-            del self.due[(person, key)]
-            rule = self.rules.get(key)
-            if rule is None:
-                continue
-            state = self.states.get(person)
-            if state is None:
-                self._load({person}, when)
-                state = self.states[person]
-            at = max(when, state.events[-1].ts) if state.events else when
-            self._emit(key, rule.on_timer(state, at))
-            self._schedule(state, key, rule, at)
-            self.stats.timers += 1
+        self.evict()
 
     def _restore_timers(self) -> None:
         """A new engine: judge the watched persons and those with an event of interest within
@@ -409,7 +235,7 @@ class Engine:
         watched: set[int] = set()
         for rule in self.rules.values():
             watched.update(rule.watched())
-        horizon = max((r.horizon for r in self.rules.values()), default=timedelta(0))
+        horizon = self.horizon
         if horizon and self.watermark > _EPOCH and self.names != []:
             with self.ws.warehouse.connect() as con:
                 ev = con.table("events")
@@ -424,17 +250,9 @@ class Engine:
             watched.update(keys["person_key"].to_pylist())
         if not watched:
             return
-        self._load(watched, self.watermark)
-        for person in watched:
-            self._judge_all(self.states[person], self.watermark)
+        self.restore(watched)
         self._flush()
-        self._evict()
-
-    def _judge_all(self, state: PersonState, when: datetime) -> None:
-        at = max(when, state.events[-1].ts) if state.events else when
-        for key, rule in self.rules.items():
-            self._emit(key, rule.on_timer(state, at))
-            self._schedule(state, key, rule, at)
+        self.evict()
 
     # -- merges -------------------------------------------------------------------------------
     def _merges(self, con: Backend) -> list[tuple[int, int, int]]:
@@ -454,35 +272,12 @@ class Engine:
     def _merge(self, merges: list[tuple[int, int, int]]) -> None:
         """Both states go (the warehouse has re-keyed the merged-away person's rows); rules
         hear of the merged-away id; the survivor is judged on the merged history."""
-        gone: set[int] = set()
-        survivors: set[int] = set()
-        for seq, survivor, away in merges:
-            self.merge_seq = max(self.merge_seq, seq)
-            gone.add(away)
-            survivors.add(survivor)
-            self.states.pop(survivor, None)
-            self.states.pop(away, None)
-            for key, rule in self.rules.items():
-                self._emit(key, rule.on_merge(survivor, away, self.watermark))
-        for slot in [s for s in self.due if s[0] in gone]:
-            del self.due[slot]
-        survivors -= gone
-        if survivors:
-            self._load(survivors, self.watermark)
-            for person in survivors:
-                self._judge_all(self.states[person], self.watermark)
+        self.merge_seq = max(self.merge_seq, *(m[0] for m in merges))
+        self.merge(merges)
 
     # -- outputs and the checkpoint -----------------------------------------------------------
-    def _emit(self, key: str, output: Any | None) -> None:
-        if output is not None:
-            self.outputs.setdefault(self.owner[key].name, []).append(output)
-            self.stats.outputs += 1
-
     def _flush(self) -> None:
-        for provider in self.providers:
-            outputs = self.outputs.pop(provider.name, None)
-            if outputs:
-                provider.apply(self.ws, outputs)
+        self.apply_outputs()
         self._checkpoint()
 
     def _checkpoint(self, con: Backend | None = None) -> None:
@@ -512,26 +307,11 @@ class Engine:
         else:
             self.merge_seq = int(seq)
 
-    def _ready_until(self, con: Backend, after: int) -> int:
-        """The last log offset loaded whose events (and all before it) have a person."""
-        loaded = int(self.ws.warehouse.get_state(con, "log_offset") or 0)
-        ev = con.table("events")
-        waiting = ev.filter(ev.log_offset > after, ev.person_key.isnull()).log_offset.min()
-        first = waiting.to_pyarrow().as_py()
-        return loaded if first is None else min(loaded, int(first) - 1)
-
-    # -- person states ------------------------------------------------------------------------
-    def _evict(self) -> None:
-        while len(self.states) > self.max_persons:
-            self.states.popitem(last=False)
-
-    def _load(self, persons: Iterable[int], ref: datetime) -> None:
-        """Build the states of ``persons`` from the warehouse: their events of interest up to
-        the checkpoint (and imported ones), from what the rules need at ``ref`` or later."""
-        keys = sorted(set(persons))
-        if not keys:
-            return
-        self.stats.loaded += len(keys)
+    # -- person states from the warehouse -----------------------------------------------------
+    def _history(self, persons: set[int], ref: datetime) -> dict[int, PersonState]:
+        """The states of ``persons`` from the warehouse: their events of interest up to the
+        checkpoint (and imported ones), from what the rules need at ``ref`` or later."""
+        keys = sorted(persons)
         states = {k: PersonState(k) for k in keys}
         with self.ws.warehouse.connect() as con:
             people = ibis.memtable(pa.table({"person_key": pa.array(keys, pa.int64())}))
@@ -550,24 +330,23 @@ class Engine:
                 rows = t.to_pyarrow()
                 loads = orjson.loads
                 items = rows["item"].to_pylist() if self.reads.items else None
-                for i, (p, ts, name, raw) in enumerate(
+                for i, (p, ts, name, raw, eid) in enumerate(
                     zip(
                         rows["person_key"].to_pylist(),
                         rows["ts"].to_pylist(),
                         rows["event"].to_pylist(),
                         rows["props"].to_pylist(),
+                        rows["event_id"].to_pylist(),
                         strict=True,
                     )
                 ):
                     item = items[i] if items is not None else None
                     rec = EventRec(
-                        ts, name, loads(raw) if raw else {}, loads(item) if item else None
+                        ts, name, loads(raw) if raw else {}, loads(item) if item else None, eid
                     )
                     states[p].events.append(rec)
             self._profile(con, people, states)
-        for key, state in states.items():
-            state.reindex()
-            self.states[key] = state
+        return states
 
     def _floor(self, ref: datetime) -> datetime | None:
         r = self.retention
@@ -629,19 +408,24 @@ class Engine:
         batch.names = rows["event"].to_pylist()
         batch.props = rows["props"].to_pylist()
         batch.items = rows["item"].to_pylist() if self.reads.items else []
+        batch.ids = rows["event_id"].to_pylist()
         batch.running = rows["running"].to_pylist()
         return batch, top
 
 
-def _rec(ts: datetime, name: str, raw: str | None, item: str | None) -> EventRec:
-    loads = orjson.loads
-    return EventRec(ts, name, loads(raw) if raw else {}, loads(item) if item else None)
+def ready_until(ws: Workspace, con: Backend, after: int) -> int:
+    """The last log offset loaded whose events (and all before it) have a person."""
+    loaded = int(ws.warehouse.get_state(con, "log_offset") or 0)
+    ev = con.table("events")
+    waiting = ev.filter(ev.log_offset > after, ev.person_key.isnull()).log_offset.min()
+    first = waiting.to_pyarrow().as_py()
+    return loaded if first is None else min(loaded, int(first) - 1)
 
 
 def _event_columns(con: Backend, q: Any, items: bool, extra: tuple[str, ...] = ()) -> Any:
-    """person_key, ts, event, log_offset, props (JSON text) and, when rules filter on items,
-    item: the properties of the item the event's ``item_id`` names (of several items with
-    that id, the one of the smallest item_type, then source, as the batch compiler does)."""
+    """person_key, ts, event, log_offset, event_id, props (JSON text) and, when rules filter on
+    items, item: the properties of the item the event's ``item_id`` names (of several items
+    with that id, the one of the smallest item_type, then source, as the batch compiler does)."""
     from rapport.conditions.to_ibis import json_text
 
     cols = {
@@ -649,6 +433,7 @@ def _event_columns(con: Backend, q: Any, items: bool, extra: tuple[str, ...] = (
         "ts": q.ts,
         "event": q.event,
         "log_offset": q.log_offset,
+        "event_id": q.event_id,
         "props": q.properties.cast("string"),
         **{name: q[name] for name in extra},
     }
@@ -681,13 +466,18 @@ def engine_for(ws: Workspace) -> Engine:
 
 def run_pass(ws: Workspace, loaded: int | None = None) -> PassStats:
     """Stage 2 after stage 1 (``follow.one_pass``); an engine that fails is rebuilt from the
-    warehouse on the next pass."""
+    warehouse on the next pass. Scaled out, the pass also publishes the workers' input."""
     engine = engine_for(ws)
     try:
-        return engine.run_pass(loaded)
+        stats = engine.run_pass(loaded)
     except BaseException:
         _ENGINES.pop(ws.warehouse.path, None)
         raise
+    if ws.settings.stream_backend == "nats":
+        from rapport.stream.partitions import publish_ready
+
+        publish_ready(ws)
+    return stats
 
 
 def forget(ws: Workspace | None = None) -> None:

@@ -79,16 +79,31 @@ class PersonState:
             insort_right(events, rec, key=_ts)
             self.epoch += 1
             self.memo.clear()
-        insort_right(self.by_event.setdefault(rec.event, []), rec, key=_ts)
+        recs = self.by_event.get(rec.event)
+        if recs is None:
+            self.by_event[rec.event] = [rec]
+        elif recs[-1].ts <= rec.ts:  # the common case: in time order
+            recs.append(rec)
+        else:
+            insort_right(recs, rec, key=_ts)
 
     def prune(self, before: datetime) -> int:
         """Forget events older than ``before``; the number forgotten."""
-        cut = bisect_left(self.events, before, key=_ts)
+        events = self.events
+        cut = bisect_left(events, before, key=_ts)
         if not cut:
             return 0
-        del self.events[:cut]
+        del events[:cut]
+        if len(events) <= 2:  # the common case on a stream: only the newest events are left
+            by_event: dict[str, list[EventRec]] = {}
+            for rec in events:
+                by_event.setdefault(rec.event, []).append(rec)
+            self.by_event = by_event
+            return cut
         for name in list(self.by_event):
             recs = self.by_event[name]
+            if recs[0].ts >= before:
+                continue
             k = bisect_left(recs, before, key=_ts)
             if k == len(recs):
                 del self.by_event[name]

@@ -250,7 +250,11 @@ def replace_values(
             )
         n, persons_n = int(counts["rows"] or 0), int(counts["persons"] or 0)
         # unscoped, the run's values are all the tag's: summarise the small table then
-        dist = _distribution(tag_values_of(con, tag_name) if scoped else now_held)
+        dist = (
+            _distribution(tag_values_of(con, tag_name))
+            if scoped
+            else _distribution(now_held, pairs_unique=True)
+        )
         if scoped:
             persons_n = int(tag_values_of(con, tag_name).person_key.nunique().to_pyarrow().as_py())
         for name in (_DIFF, _SCOPE, _INPUT):
@@ -278,11 +282,12 @@ def _summary(con: Backend, tag_name: str) -> tuple[int, dict[str, int]]:
     return persons, _distribution(mine)
 
 
-def _distribution(values: ir.Table) -> dict[str, int]:
-    """{value: persons}: the top ``TOP_VALUES`` values, the rest under ``(other)``."""
+def _distribution(values: ir.Table, pairs_unique: bool = False) -> dict[str, int]:
+    """{value: persons}: the top ``TOP_VALUES`` values, the rest under ``(other)``.
+    ``pairs_unique``: each (person, value) once, so rows are persons (no DISTINCT)."""
     counts = (
         values.group_by("value")
-        .aggregate(persons=values.person_key.nunique())
+        .aggregate(persons=values.count() if pairs_unique else values.person_key.nunique())
         .order_by([ibis.desc("persons"), "value"])
         .to_pyarrow()
         .to_pylist()

@@ -13,7 +13,7 @@ sales agent who owns the lead (they have to call the person). Errors are
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
@@ -226,8 +226,6 @@ def backtest_rule(
 ) -> dict[str, Any]:
     """How many leads the rule (as saved) would have made in ``[start, end)``, and what became
     of those persons; writes nothing (``rapport.leads.backtest``)."""
-    from datetime import timedelta
-
     from rapport.leads import backtest
 
     rule = _typed_rule(request, name)

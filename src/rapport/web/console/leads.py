@@ -8,6 +8,7 @@ and the same masking of personal data (``api_leads.masked``).
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
@@ -311,8 +312,6 @@ async def backtest_rule(
     name: str, request: Request, who: Principal = Depends(require(*RULE_EDITORS))
 ) -> Response:
     """The backtest card's result: ``start``/``end`` (a backtest) or ``hours`` (a dry-run)."""
-    from datetime import UTC, datetime, timedelta
-
     from rapport.leads import backtest
 
     form = await request.form()

@@ -1,0 +1,336 @@
+"""A scaled-out rule worker: the rule core over NATS JetStream partitions.
+
+``rapport worker rules --partitions 0,1,2`` owns those partitions (one owner per partition at
+a time: starting a second one on a partition takes it over). Per partition: a durable pull
+consumer, a rule core fed with the partition's messages in order, and a checkpoint file
+``<home>/stream/<stream>/p<N>.ckpt``. For each batch of messages:
+
+1. feed the core (events of interest; every message moves the watermark);
+2. apply the providers' outputs — leads through ``fire``, in one metadata-DB transaction;
+
+and, at most every ``CHECKPOINT_SECONDS`` (it rewrites every state) and on stopping:
+
+3. write the checkpoint: the stream sequence of the last message fed, the watermark, every
+   person state (events within the rules' retention, typed attributes, tags, segments) and the
+   timers (msgpack, written to a temporary file, fsynced, renamed over the old one);
+4. ack (``AckPolicy.ALL``: the last message acks all before it).
+
+A worker killed anywhere in this loop restarts from its checkpoint: the consumer is made anew
+to deliver the messages after the checkpoint's sequence, so the batches whose outputs were
+applied after it are processed again, and ``fire`` drops the leads it already made by their
+dedupe key. At-least-once processing, exactly-once leads.
+
+Workers never open the warehouse (in the cluster profile it is not theirs): a person's
+history comes only from the messages and the checkpoint, and a state is never evicted.
+Attributes, tags and segments are not published yet: rules in workers see none (see
+docs/stream.md, "Scaled out").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import orjson
+from sqlalchemy.exc import OperationalError
+
+from rapport.log import nats as natslog
+from rapport.stream import core
+from rapport.stream.core import EPOCH, Core
+from rapport.stream.partitions import decode
+from rapport.stream.state import EventRec, PersonState
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+    from rapport.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+#: messages fetched per partition and batch (one apply per batch)
+BATCH = 500
+#: at most one checkpoint per partition this often (it rewrites every state): leads are
+#: applied per batch all the same; a restart re-reads at most this much, deduped by ``fire``
+CHECKPOINT_SECONDS = 1.0
+#: how often the rules' versions are checked (a query of the metadata DB)
+RULES_SECONDS = 1.0
+
+
+# -- the checkpoint -----------------------------------------------------------------------------
+class _Event(msgspec.Struct, array_like=True):
+    ts: datetime
+    event: str
+    props: dict[str, Any]
+    item: dict[str, Any] | None
+    id: str | None
+
+
+class _Person(msgspec.Struct, array_like=True):
+    person: int
+    events: list[_Event]
+    attrs: dict[str, Any]
+    tags: dict[str, list[str]]
+    segments: dict[str, list[str | None]]
+
+
+class Checkpoint(msgspec.Struct):
+    """A partition's state after the message of stream sequence ``seq``."""
+
+    seq: int
+    watermark: datetime
+    rules: str  # the providers' versions the timers were computed for
+    persons: list[_Person]
+    timers: list[tuple[datetime, int, str]]
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(Checkpoint).decode
+
+
+def checkpoint_path(ws: Workspace, partition: int) -> Path:
+    return ws.settings.home / "stream" / ws.settings.nats_stream / f"p{partition}.ckpt"
+
+
+def read_checkpoint(path: Path) -> Checkpoint | None:
+    try:
+        return _decode(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _no_history(persons: set[int], ref: datetime) -> dict[int, PersonState]:
+    return {}  # a person first seen on the partition has no history before it
+
+
+# -- one partition ------------------------------------------------------------------------------
+class Partition:
+    """The rule core of one partition, its checkpoint and its progress."""
+
+    def __init__(self, ws: Workspace, number: int) -> None:
+        from rapport.stream.engine import provider_paths
+
+        s = ws.settings
+        self.ws = ws
+        self.number = number
+        self.path = checkpoint_path(ws, number)
+        providers = core.load_providers(provider_paths(s, "worker"))
+        self.core = Core(
+            ws,
+            providers,
+            _no_history,
+            lateness=timedelta(seconds=s.stream_lateness_seconds),
+            max_persons=sys.maxsize,
+        )
+        self.core.keep_states = True
+        self.seq = 0
+        self.top = EPOCH  # the latest event time seen
+        self.quiet_since = time.monotonic()
+        self.saved_at = time.monotonic()
+        self.rules_checked = time.monotonic()
+
+    def start(self) -> None:
+        """Rules from the providers, states and timers from the checkpoint."""
+        c = self.core
+        c.refresh_rules()
+        ckpt = read_checkpoint(self.path)
+        if ckpt is None:
+            return
+        self.seq = ckpt.seq
+        c.watermark = self.top = ckpt.watermark
+        for p in ckpt.persons:
+            state = PersonState(
+                p.person,
+                attrs=p.attrs,
+                tags={k: set(v) for k, v in p.tags.items()},
+                segments={k: set(v) for k, v in p.segments.items()},
+                events=[EventRec(e.ts, e.event, e.props, e.item, e.id) for e in p.events],
+            )
+            c.states[p.person] = state
+        if ckpt.rules == repr(c.versions):
+            for when, person, key in ckpt.timers:
+                c.due[(person, key)] = when
+                c._seq += 1
+                c.timers.append((when.timestamp(), c._seq, person, key, when))
+            c.timers.sort()
+        else:  # the rules changed while the worker was away: rebuild the timers
+            c.restore(list(c.states))
+
+    def feed(self, msgs: list[Msg]) -> None:
+        c = self.core
+        now = time.monotonic()
+        if now - self.rules_checked >= RULES_SECONDS:
+            self.rules_checked = now
+            if c.refresh_rules():  # a rule changed: rebuild the timers on the states kept
+                c.restore(list(c.states))
+        lateness, loads = c.lateness, orjson.loads
+        for m in msgs:
+            e = decode(m.data)
+            if e.running > self.top:
+                self.top = e.running
+            if e.person >= 0 and c.wants(e.event):
+                rec = EventRec(
+                    e.ts,
+                    e.event,
+                    loads(e.props) if e.props else {},
+                    loads(e.item) if e.item else None,
+                    e.id,
+                )
+                c.feed(e.person, rec, e.running)
+        c.advance(self.top - lateness)
+        self.seq = msgs[-1].metadata.sequence.stream
+        self.quiet_since = time.monotonic()
+
+    def idle(self, now: float) -> bool:
+        """A quiet partition: event time follows the wall clock (``stream_idle_seconds``)."""
+        idle = self.ws.settings.stream_idle_seconds
+        if not idle or now - self.quiet_since < idle:
+            return False
+        wall = datetime.fromtimestamp(time.time(), UTC) - self.core.lateness
+        if wall <= self.core.watermark:
+            return False
+        self.core.advance(wall)
+        return True
+
+    def apply(self) -> None:
+        """Apply the outputs of the messages fed so far (retried while the metadata DB is
+        busy): leads are made now, whatever the checkpoint's pace."""
+        c = self.core
+        outputs, c.outputs = c.outputs, {}
+        for provider in c.providers:
+            batch = outputs.get(provider.name)
+            for attempt in range(20):
+                if not batch:
+                    break
+                try:
+                    provider.apply(self.ws, batch)
+                    break
+                except OperationalError:
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.05 * (attempt + 1))
+
+    def checkpoint(self) -> None:
+        """Write the states as of the last message fed (after ``apply``: a restart from here
+        re-reads only messages whose leads are made or to be made again, deduped)."""
+        self.drop_empty()
+        _write(self.path, _encode(self.snapshot()))
+        self.saved_at = time.monotonic()
+
+    def drop_empty(self) -> None:
+        """A state with nothing left (all events past the retention) is what the loader gives
+        a new person: drop it, so that memory and the checkpoint hold only live history."""
+        c = self.core
+        timed = {person for person, _ in c.due}
+        empty = [
+            p
+            for p, s in c.states.items()
+            if not (s.events or s.attrs or s.tags or s.segments) and p not in timed
+        ]
+        for p in empty:
+            del c.states[p]
+
+    def snapshot(self) -> Checkpoint:
+        c = self.core
+        persons = [
+            _Person(
+                s.person,
+                [_Event(e.ts, e.event, e.props, e.item, e.id) for e in s.events],
+                s.attrs,
+                {k: sorted(v) for k, v in s.tags.items()},
+                {k: list(v) for k, v in s.segments.items()},
+            )
+            for s in c.states.values()
+        ]
+        timers = [(when, person, key) for (person, key), when in c.due.items()]
+        return Checkpoint(self.seq, c.watermark, repr(c.versions), persons, timers)
+
+
+# -- the process --------------------------------------------------------------------------------
+async def run(
+    ws: Workspace,
+    partitions: list[int],
+    batch: int = BATCH,
+    stop: asyncio.Event | None = None,
+    every: float = CHECKPOINT_SECONDS,
+) -> None:
+    """Process ``partitions`` until ``stop`` is set (SIGTERM / SIGINT in the CLI): per batch
+    feed and apply; checkpoint and ack at most every ``every`` seconds (and on stopping)."""
+    s = ws.settings
+    for p in partitions:
+        if not 0 <= p < s.stream_partitions:
+            raise ValueError(
+                f"--partitions: {p} is not a partition (0..{s.stream_partitions - 1}, "
+                "setting stream_partitions)"
+            )
+    stop = stop or asyncio.Event()
+    nc, js = await natslog.connect(s.nats_url)
+    try:
+        await natslog.ensure_stream(js, s)
+        parts: list[tuple[Partition, Any]] = []
+        for p in partitions:
+            part = Partition(ws, p)
+            part.start()
+            sub = await natslog.open_partition(js, s, p, part.seq)
+            parts.append((part, sub))
+        log.info("worker: partitions %s from sequences %s", partitions, [x.seq for x, _ in parts])
+        unacked: dict[int, Msg | None] = {}  # partitions fed since their checkpoint
+        while not stop.is_set():
+            busy = False
+            for part, sub in parts:
+                try:
+                    msgs = await sub.fetch(batch, timeout=0.05)
+                except TimeoutError:
+                    msgs = []
+                if msgs:
+                    part.feed(msgs)
+                    unacked[part.number] = msgs[-1]
+                    busy = True
+                elif part.idle(time.monotonic()):
+                    unacked.setdefault(part.number, None)
+                part.apply()
+                if part.number in unacked and time.monotonic() - part.saved_at >= every:
+                    await _save(part, unacked.pop(part.number))
+            if not busy:
+                await asyncio.sleep(0.02)
+        for part, _ in parts:  # stopping: nothing fed is left out of a checkpoint
+            if part.number in unacked:
+                await _save(part, unacked.pop(part.number))
+    finally:
+        await nc.close()
+
+
+async def _save(part: Partition, last: Msg | None) -> None:
+    part.checkpoint()
+    if last is not None:
+        await last.ack()  # AckPolicy.ALL: every message up to it
+
+
+def main(ws: Workspace, partitions: list[int], batch: int = BATCH) -> None:
+    """The CLI's loop: stop cleanly (after the batch at hand) on SIGTERM or Ctrl-C."""
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(ws, partitions, batch, stop)
+
+    asyncio.run(go())
