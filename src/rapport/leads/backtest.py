@@ -31,13 +31,12 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import ibis
-import orjson
 import pyarrow as pa
 
 from rapport.conditions import reference
 from rapport.conditions.model import EventIs
 from rapport.leads.live import Hit, LeadStreamRule, dedupe_key, evidence_of, person_condition
-from rapport.stream.state import EventRec, PersonState
+from rapport.stream.state import PersonState
 
 if TYPE_CHECKING:
     from rapport.leads.rules import LeadRule
@@ -69,7 +68,7 @@ def histories(
 ) -> dict[int, PersonState]:
     """The states of the persons the rule can fire for in ``[start, end)``: those with the
     trigger's first event in ``[start - horizon, end]`` (see step 1)."""
-    from rapport.stream.engine import Engine, _event_columns
+    from rapport.stream.engine import Engine, _event_columns, event_records
 
     compiled = stream.compiled
     first = _first_event(stream.rule)
@@ -104,20 +103,7 @@ def histories(
         t = _event_columns(con, q, items, extra=("event_id",))
         rows = t.order_by(["person_key", "ts", "event_id"]).to_pyarrow()
         states = {k: PersonState(k) for k in keys}
-        loads = orjson.loads
-        item_col = rows["item"].to_pylist() if items else None
-        for i, (p, ts, name, raw, eid) in enumerate(
-            zip(
-                rows["person_key"].to_pylist(),
-                rows["ts"].to_pylist(),
-                rows["event"].to_pylist(),
-                rows["props"].to_pylist(),
-                rows["event_id"].to_pylist(),
-                strict=True,
-            )
-        ):
-            item = item_col[i] if item_col is not None else None
-            rec = EventRec(ts, name, loads(raw) if raw else {}, loads(item) if item else None, eid)
+        for p, rec in event_records(rows, items):
             states[p].events.append(rec)
         profile = Engine(ws, providers=[])
         profile.reads = stream.reads

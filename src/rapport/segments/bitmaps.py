@@ -484,7 +484,9 @@ class _Mixed:
         columns = set(self.con.table("profiles").columns) if self.has_profiles() else set()
         # a property whose name clashes with a fixed column is stored as prop_<name>
         renamed = {a: f"prop_{a}" for a in types if a not in columns and f"prop_{a}" in columns}
-        ctx = to_ibis.BatchContext(self.con, self.as_of, types, attr_columns=renamed)
+        ctx = to_ibis.BatchContext(
+            self.con, self.as_of, types, attr_columns=renamed, props_in_columns=True
+        )
         if not self.has_profiles():  # before the first profile build: nobody has attributes
             ctx.tables = {**ctx.tables, "profiles": self._no_profiles()}
         table = to_ibis.compile(cond, ctx)

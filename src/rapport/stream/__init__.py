@@ -1,6 +1,5 @@
-"""The stream path (DESIGN.md): the log's records become warehouse rows with a person.
-
-On one machine it is one loop (``follow``): load the new log records into the warehouse, then
-resolve the identities of everything still waiting for a person (stage 1). Realtime rules
-(stage 2) join here in a later release.
+"""The stream path (DESIGN.md): the log's records become warehouse rows with a person
+(stage 1, ``follow``), then rules are judged per event (stage 2): ``core`` is the rule core,
+``engine`` its embedded driver over the warehouse, ``worker`` its scaled-out driver over NATS
+JetStream partitions that ``partitions`` publishes.
 """

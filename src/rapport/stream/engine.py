@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -327,23 +327,7 @@ class Engine(Core):
                 t = _event_columns(con, q, self.reads.items).order_by(
                     ["person_key", "ts", "log_offset"]
                 )
-                rows = t.to_pyarrow()
-                loads = orjson.loads
-                items = rows["item"].to_pylist() if self.reads.items else None
-                for i, (p, ts, name, raw, eid) in enumerate(
-                    zip(
-                        rows["person_key"].to_pylist(),
-                        rows["ts"].to_pylist(),
-                        rows["event"].to_pylist(),
-                        rows["props"].to_pylist(),
-                        rows["event_id"].to_pylist(),
-                        strict=True,
-                    )
-                ):
-                    item = items[i] if items is not None else None
-                    rec = EventRec(
-                        ts, name, loads(raw) if raw else {}, loads(item) if item else None, eid
-                    )
+                for p, rec in event_records(t.to_pyarrow(), self.reads.items):
                     states[p].events.append(rec)
             self._profile(con, people, states)
         return states
@@ -420,6 +404,16 @@ def ready_until(ws: Workspace, con: Backend, after: int) -> int:
     waiting = ev.filter(ev.log_offset > after, ev.person_key.isnull()).log_offset.min()
     first = waiting.to_pyarrow().as_py()
     return loaded if first is None else min(loaded, int(first) - 1)
+
+
+def event_records(rows: pa.Table, items: bool) -> Iterator[tuple[int, EventRec]]:
+    """(person, event) from the rows of ``_event_columns``, in their order."""
+    loads = orjson.loads
+    item_col = rows["item"].to_pylist() if items else None
+    columns = (rows[c].to_pylist() for c in ("person_key", "ts", "event", "props", "event_id"))
+    for i, (p, ts, name, raw, eid) in enumerate(zip(*columns, strict=True)):
+        item = item_col[i] if item_col is not None else None
+        yield p, EventRec(ts, name, loads(raw) if raw else {}, loads(item) if item else None, eid)
 
 
 def _event_columns(con: Backend, q: Any, items: bool, extra: tuple[str, ...] = ()) -> Any:

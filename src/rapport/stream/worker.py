@@ -145,6 +145,9 @@ class Partition:
         self.quiet_since = time.monotonic()
         self.saved_at = time.monotonic()
         self.rules_checked = time.monotonic()
+        #: persons fed since the last checkpoint, and the checkpoint's form of every person
+        self.dirty: set[int] = set()
+        self.snap: dict[int, _Person] = {}
 
     def start(self) -> None:
         """Rules from the providers, states and timers from the checkpoint."""
@@ -164,6 +167,7 @@ class Partition:
                 events=[EventRec(e.ts, e.event, e.props, e.item, e.id) for e in p.events],
             )
             c.states[p.person] = state
+            self.snap[p.person] = p
         if ckpt.rules == repr(c.versions):
             for when, person, key in ckpt.timers:
                 c.due[(person, key)] = when
@@ -194,6 +198,7 @@ class Partition:
                     e.id,
                 )
                 c.feed(e.person, rec, e.running)
+                self.dirty.add(e.person)
         c.advance(self.top - lateness)
         self.seq = msgs[-1].metadata.sequence.stream
         self.quiet_since = time.monotonic()
@@ -239,28 +244,31 @@ class Partition:
         a new person: drop it, so that memory and the checkpoint hold only live history."""
         c = self.core
         timed = {person for person, _ in c.due}
-        empty = [
-            p
-            for p, s in c.states.items()
-            if not (s.events or s.attrs or s.tags or s.segments) and p not in timed
-        ]
-        for p in empty:
-            del c.states[p]
+        for p in self.dirty:
+            s = c.states.get(p)
+            empty = s is not None and not (s.events or s.attrs or s.tags or s.segments)
+            if empty and p not in timed:
+                del c.states[p]
 
     def snapshot(self) -> Checkpoint:
+        """The checkpoint; only the persons fed since the last one are converted again."""
         c = self.core
-        persons = [
-            _Person(
+        snap = self.snap
+        for p in self.dirty:
+            s = c.states.get(p)
+            if s is None:
+                snap.pop(p, None)
+                continue
+            snap[p] = _Person(
                 s.person,
                 [_Event(e.ts, e.event, e.props, e.item, e.id) for e in s.events],
                 s.attrs,
                 {k: sorted(v) for k, v in s.tags.items()},
                 {k: list(v) for k, v in s.segments.items()},
             )
-            for s in c.states.values()
-        ]
+        self.dirty = set()
         timers = [(when, person, key) for (person, key), when in c.due.items()]
-        return Checkpoint(self.seq, c.watermark, repr(c.versions), persons, timers)
+        return Checkpoint(self.seq, c.watermark, repr(c.versions), list(snap.values()), timers)
 
 
 # -- the process --------------------------------------------------------------------------------
