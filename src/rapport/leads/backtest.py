@@ -68,7 +68,7 @@ def histories(
 ) -> dict[int, PersonState]:
     """The states of the persons the rule can fire for in ``[start, end)``: those with the
     trigger's first event in ``[start - horizon, end]`` (see step 1)."""
-    from rapport.stream.engine import Engine, _event_columns, event_records
+    from rapport.stream.engine import event_columns, event_records, load_profile
 
     compiled = stream.compiled
     first = _first_event(stream.rule)
@@ -100,14 +100,12 @@ def histories(
             q = q.filter(q.event.isin(sorted(names)))
         q = q.join(people, "person_key")
         items = stream.reads.items
-        t = _event_columns(con, q, items, extra=("event_id",))
+        t = event_columns(con, q, items, extra=("event_id",))
         rows = t.order_by(["person_key", "ts", "event_id"]).to_pyarrow()
         states = {k: PersonState(k) for k in keys}
         for p, rec in event_records(rows, items):
             states[p].events.append(rec)
-        profile = Engine(ws, providers=[])
-        profile.reads = stream.reads
-        profile._profile(con, people, states)
+        load_profile(ws, con, people, states, stream.reads)
     for state in states.values():
         state.reindex()
     return states

@@ -299,13 +299,6 @@ def refresh_tag(ws: Workspace, tag: str) -> int:
     return len(sets[tag_name(tag)])
 
 
-def refresh_universe(ws: Workspace) -> int:
-    with ws.warehouse.connect() as con:
-        everyone = keys_of(universe_table(con))
-    store(ws).put(UNIVERSE, everyone)
-    return len(everyone)
-
-
 def put_segment(ws: Workspace, segment: str, buckets: dict[str | None, BitMap]) -> None:
     """Store a segment's sets as just written to ``segment_members`` (bucket None: audience)."""
     sets: dict[str, BitMap] = {}

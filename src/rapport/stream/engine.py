@@ -71,8 +71,11 @@ __all__ = [
     "Reads",
     "Rule",
     "engine_for",
+    "event_columns",
+    "event_records",
     "forget",
     "horizon_of",
+    "load_profile",
     "reads_of",
     "run_pass",
 ]
@@ -324,7 +327,7 @@ class Engine(Core):
                 if floor is not None:
                     q = q.filter(q.ts >= floor)
                 q = q.join(people, "person_key")
-                t = _event_columns(con, q, self.reads.items).order_by(
+                t = event_columns(con, q, self.reads.items).order_by(
                     ["person_key", "ts", "log_offset"]
                 )
                 for p, rec in event_records(t.to_pyarrow(), self.reads.items):
@@ -340,35 +343,7 @@ class Engine(Core):
         return floor if r.since is None else min(floor, r.since)
 
     def _profile(self, con: Backend, people: Any, states: dict[int, PersonState]) -> None:
-        """Attributes, tags and segments the rules read."""
-        reads = self.reads
-        if reads.attrs and "profiles" in con.list_tables():
-            from rapport.catalog import current_plan
-
-            types = dict(current_plan(self.ws.db).user_properties())
-            profiles = con.table("profiles")
-            have = set(profiles.columns)
-            # a property whose name clashes with a fixed column is stored as prop_<name>
-            cols = {a: a if a in have else f"prop_{a}" for a in reads.attrs}
-            cols = {a: c for a, c in cols.items() if c in have and c != "person_key"}
-            if cols:
-                p = profiles.join(people, "person_key")
-                rows = p.select("person_key", *cols.values()).to_pyarrow().to_pylist()
-                for row in rows:
-                    state = states[row["person_key"]]
-                    for a, c in cols.items():
-                        state.attrs[a] = cast_attr(row[c], types.get(a, "string"))
-        if reads.tags:
-            tv = con.table("tag_values")
-            tv = tv.filter(tv.tag.isin(sorted(reads.tags))).join(people, "person_key")
-            for row in tv.select("person_key", "tag", "value").to_pyarrow().to_pylist():
-                states[row["person_key"]].tags.setdefault(row["tag"], set()).add(row["value"])
-        if reads.segments:
-            sm = con.table("segment_members")
-            sm = sm.filter(sm.segment.isin(sorted(reads.segments))).join(people, "person_key")
-            for row in sm.select("person_key", "segment", "bucket").to_pyarrow().to_pylist():
-                buckets = states[row["person_key"]].segments.setdefault(row["segment"], set())
-                buckets.add(row["bucket"])
+        load_profile(self.ws, con, people, states, self.reads)
 
     def _fetch(self, con: Backend, lo: int, hi: int) -> tuple[_Batch, datetime | None]:
         """The events of offsets ``(lo, hi]`` that some rule reads, in log order, each with
@@ -384,7 +359,7 @@ class Engine(Core):
         q = q.filter(q.person_key >= 0)
         if self.names is not None:
             q = q.filter(q.event.isin(self.names))
-        t = _event_columns(con, q, self.reads.items, extra=("running",)).order_by("log_offset")
+        t = event_columns(con, q, self.reads.items, extra=("running",)).order_by("log_offset")
         rows = t.to_pyarrow()
         batch.offsets = rows["log_offset"].to_pylist()
         batch.persons = rows["person_key"].to_pylist()
@@ -406,8 +381,42 @@ def ready_until(ws: Workspace, con: Backend, after: int) -> int:
     return loaded if first is None else min(loaded, int(first) - 1)
 
 
+def load_profile(
+    ws: Workspace, con: Backend, people: Any, states: dict[int, PersonState], reads: Reads
+) -> None:
+    """Fill ``states`` (of the persons in ``people``) with the attributes, tags and segments
+    ``reads`` names."""
+    if reads.attrs and "profiles" in con.list_tables():
+        from rapport.catalog import current_plan
+
+        types = dict(current_plan(ws.db).user_properties())
+        profiles = con.table("profiles")
+        have = set(profiles.columns)
+        # a property whose name clashes with a fixed column is stored as prop_<name>
+        cols = {a: a if a in have else f"prop_{a}" for a in reads.attrs}
+        cols = {a: c for a, c in cols.items() if c in have and c != "person_key"}
+        if cols:
+            p = profiles.join(people, "person_key")
+            rows = p.select("person_key", *cols.values()).to_pyarrow().to_pylist()
+            for row in rows:
+                state = states[row["person_key"]]
+                for a, c in cols.items():
+                    state.attrs[a] = cast_attr(row[c], types.get(a, "string"))
+    if reads.tags:
+        tv = con.table("tag_values")
+        tv = tv.filter(tv.tag.isin(sorted(reads.tags))).join(people, "person_key")
+        for row in tv.select("person_key", "tag", "value").to_pyarrow().to_pylist():
+            states[row["person_key"]].tags.setdefault(row["tag"], set()).add(row["value"])
+    if reads.segments:
+        sm = con.table("segment_members")
+        sm = sm.filter(sm.segment.isin(sorted(reads.segments))).join(people, "person_key")
+        for row in sm.select("person_key", "segment", "bucket").to_pyarrow().to_pylist():
+            buckets = states[row["person_key"]].segments.setdefault(row["segment"], set())
+            buckets.add(row["bucket"])
+
+
 def event_records(rows: pa.Table, items: bool) -> Iterator[tuple[int, EventRec]]:
-    """(person, event) from the rows of ``_event_columns``, in their order."""
+    """(person, event) from the rows of ``event_columns``, in their order."""
     loads = orjson.loads
     item_col = rows["item"].to_pylist() if items else None
     columns = (rows[c].to_pylist() for c in ("person_key", "ts", "event", "props", "event_id"))
@@ -416,7 +425,7 @@ def event_records(rows: pa.Table, items: bool) -> Iterator[tuple[int, EventRec]]
         yield p, EventRec(ts, name, loads(raw) if raw else {}, loads(item) if item else None, eid)
 
 
-def _event_columns(con: Backend, q: Any, items: bool, extra: tuple[str, ...] = ()) -> Any:
+def event_columns(con: Backend, q: Any, items: bool, extra: tuple[str, ...] = ()) -> Any:
     """person_key, ts, event, log_offset, event_id, props (JSON text) and, when rules filter on
     items, item: the properties of the item the event's ``item_id`` names (of several items
     with that id, the one of the smallest item_type, then source, as the batch compiler does)."""

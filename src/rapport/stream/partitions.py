@@ -56,7 +56,7 @@ decode = msgspec.msgpack.Decoder(PersonEvent).decode
 
 def publish_ready(ws: Workspace) -> int:
     """Publish what stage 1 has finished since the checkpoint; how many events."""
-    from rapport.stream.engine import _event_columns, ready_until
+    from rapport.stream.engine import event_columns, ready_until
 
     wh = ws.warehouse
     with wh.connect() as con:
@@ -72,7 +72,7 @@ def publish_ready(ws: Workspace) -> int:
                 running=rng.ts.max().over(ibis.cumulative_window(order_by=rng.log_offset))
             ).filter(lambda t: t.person_key >= 0)
             rows = (
-                _event_columns(con, q, True, extra=("running",))
+                event_columns(con, q, True, extra=("running",))
                 .order_by("log_offset")
                 .to_pyarrow()
                 .to_pylist()
