@@ -148,6 +148,7 @@ class NullRule:
             lambda s, a: None,
             real.compiled.interest,
             real.compiled.retention,
+            real.compiled.accepts,
         )
 
     def on_event(self, state: Any, at: Any, event: Any) -> None:

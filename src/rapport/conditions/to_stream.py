@@ -123,12 +123,15 @@ _ORDER: dict[Op, Callable[[Any, Any], bool]] = {
 @dataclass(frozen=True, slots=True)
 class StreamRule:
     """A rule compiled for the stream engine: the predicate, its timer, the events that can
-    change it (``None``: any) and the history it needs."""
+    change it (``None``: any) and the history it needs. ``accepts`` is a cheaper cut: an event
+    of interest it rejects changes nothing the rule's timers do not already cover, so the
+    engine need not judge the rule at all (``None``: judge on every event of interest)."""
 
     predicate: Predicate
     deadline: _Deadline
     interest: frozenset[str] | None
     retention: Retention
+    accepts: _RecTest | None = None
 
 
 def compile(cond: Condition, *, attr_types: dict[str, str] | None = None) -> Predicate:
@@ -816,6 +819,10 @@ def _absence(
 
 
 # -- patterns: strict, counted and referring steps; trigger matches ------------------------------
+def _never(r: EventRec) -> bool:
+    return False
+
+
 #: a test of an event given the events the earlier steps matched (by step name)
 _EnvTest = Callable[[EventRec, Env], bool]
 
@@ -856,12 +863,14 @@ class _Run:
     """One person's pattern automaton (in the state's memo): per step and partition key the
     live partial match with the latest start; the time group being read; the keys' barriers."""
 
-    __slots__ = ("best", "fresh", "upd", "t", "counted", "excl", "barrier", "waits", "group_as")
+    __slots__ = (
+        "best", "fresh", "upd", "dirty", "t", "counted", "excl", "barrier", "waits", "group_as"
+    )  # fmt: skip
 
-    def __init__(self, n: int) -> None:
-        self.best: list[dict[_Sig, _Partial]] = [{} for _ in range(n)]
-        self.fresh: list[dict[_Sig, _Partial]] = [{} for _ in range(n)]
-        self.upd: list[dict[_Sig, _Partial]] = [{} for _ in range(n)]
+    def __init__(self, empty: list[dict[_Sig, _Partial]]) -> None:
+        # the pattern's shared ``empty`` tables until something is written (never into them)
+        self.best = self.fresh = self.upd = empty
+        self.dirty = False  # ``upd`` holds something
         self.t: datetime | None = None
         self.counted = False
         self.excl: list[EventRec] = []
@@ -896,6 +905,37 @@ class _Pattern:
         self.then_not = None if q.then_not is None else _env_step(q.then_not, f"{path}.then_not")
         self.absent_name = None if q.then_not is None else q.then_not.event
         self.first_alias = self.atoms[0][0].alias
+        self.accepts = self._accepts()
+        self.empty: list[dict[_Sig, _Partial]] = [{} for _ in self.atoms]  # never written
+
+    def tables(self) -> list[dict[_Sig, _Partial]]:
+        return [{} for _ in self.atoms]
+
+    def _accepts(self) -> _RecTest | None:
+        """Whether an event can change the automaton: it passes some step's own filters (the
+        references aside), or it may exclude or end a wait. ``None`` when any event can (a
+        ``next`` step: every counted event breaks a strict chain)."""
+        if any(s.next for s, _ in self.atoms):
+            return None
+        always = {n for n in (self.excl_name, self.absent_name) if n is not None}
+        plain: dict[str, list[_RecTest | None]] = {}
+        for s, p in self.atoms:
+            own = [c for c in s.where if not isinstance(c.value, Ref)]
+            plain.setdefault(s.event, []).append(_filter(own, p))
+        tests: dict[str, _RecTest | None] = {name: None for name in always}
+        for name, fs in plain.items():
+            if name in always or None in fs:
+                tests[name] = None
+            elif len(fs) == 1:
+                tests[name] = fs[0]
+            else:
+                tests[name] = lambda r, fs=fs: any(f(r) for f in fs)  # type: ignore[misc]
+
+        def accepts(r: EventRec) -> bool:
+            f = tests.get(r.event, _never)
+            return f is None or f(r)
+
+        return accepts
 
     def sig(self, env: Env) -> _Sig:
         if not self.fields:
@@ -907,7 +947,7 @@ class _Pattern:
     # -- time groups ------------------------------------------------------------------------
     def open(self, run: _Run, t: datetime, out: list[Match]) -> None:
         """Close the group being read (if any) and start one at ``t``."""
-        if run.t is not None:
+        if run.t is not None and self.then_not is None:  # an absence keeps only its waits
             self.commit(run)
         run.t = t
         run.counted = False
@@ -924,7 +964,9 @@ class _Pattern:
         t = run.t
         assert t is not None
         upd = run.upd
-        if any(upd):
+        if run.dirty:
+            if run.best is self.empty:
+                run.best = self.tables()
             for j in range(self.last):
                 best = run.best[j]
                 for sig, p in upd[j].items():
@@ -934,33 +976,39 @@ class _Pattern:
             if run.counted:
                 run.fresh = upd
             else:
+                if run.fresh is self.empty:
+                    run.fresh = self.tables()
                 for j in range(self.last):
                     fresh = run.fresh[j]
                     for sig, p in upd[j].items():
                         cur = fresh.get(sig)
                         if cur is None or p.start > cur.start:
                             fresh[sig] = p
-            run.upd = [{} for _ in range(self.last + 1)]
+            run.upd = self.empty
+            run.dirty = False
         elif run.counted and any(run.fresh):
-            run.fresh = [{} for _ in range(self.last + 1)]
+            run.fresh = self.empty
         low = t - self.within
         if run.barrier:  # a barrier older than any live start bars nothing
             run.barrier = {k: b for k, b in run.barrier.items() if b >= low}
         excl = run.excl if self.excluding is not None else None
-        for table in (*run.best, *run.fresh):
-            if not table:
-                continue
-            gone = [
-                s
-                for s, p in table.items()
-                if p.start < low
-                or (excl and p.start < t and any(self.excluding(x, p.env) for x in excl))  # type: ignore[misc]
-            ]
-            for sig in gone:
-                del table[sig]
+        for tables in (run.best, run.fresh):
+            for table in tables:
+                if not table:
+                    continue
+                gone = [
+                    s
+                    for s, p in table.items()
+                    if p.start < low
+                    or (excl and p.start < t and any(self.excluding(x, p.env) for x in excl))  # type: ignore[misc]
+                ]
+                for sig in gone:
+                    del table[sig]
 
     def fire(self, run: _Run, before: datetime, inclusive: bool, out: list[Match]) -> None:
         """Absence: the waits due before ``before`` (or at it, ``inclusive``) fire."""
+        if not run.waits:
+            return
         for key, a in list(run.waits.items()):
             due = a.ts + self.within
             if due < before or (inclusive and due == before):
@@ -1004,6 +1052,8 @@ class _Pattern:
                     continue
                 cur = run.upd[j].get(sig)
                 if cur is None or p.start > cur.start:
+                    if not run.dirty:
+                        run.upd, run.dirty = self.tables(), True
                     run.upd[j][sig] = _Partial(p.start, (*p.chain, r), env)
 
     def absence(self, run: _Run, r: EventRec) -> None:
@@ -1040,63 +1090,80 @@ class Trigger:
         self.interest: frozenset[str] | None = None
         self._event: _RecTest | None = None
         self._pattern: _Pattern | None = None
+        #: an event it rejects completes no match and changes no wait (see ``StreamRule``)
+        self.accepts: _RecTest | None
         if isinstance(trigger, EventIs):
-            self._event = _step(trigger, path)
+            self._event = self.accepts = _step(trigger, path)
             self.interest = frozenset({trigger.event})
             self.retention = Retention()
         else:
             self._pattern = _Pattern(trigger, path)
+            self.accepts = self._pattern.accepts
             names = events_of_interest(trigger)
             self.interest = None if names is None else frozenset(names)
             self.retention = Retention(lookback=timedelta(seconds=trigger.within.seconds()))
         self._token = object()
 
-    def _run(self, state: PersonState, until: datetime | None) -> tuple[_Run, list[Match], bool]:
-        """The person's automaton, rebuilt from the state's events up to ``until`` when the
-        memo does not hold a current one (the matches found then, and True)."""
-        assert self._pattern is not None
+    def _run(self, state: PersonState) -> tuple[_Run, list[Match], bool]:
+        """The person's automaton, rebuilt from the state's events when the memo does not hold
+        a current one (the matches found then, and True). The rebuild reads only the events
+        ``accepts`` lets through: the others change nothing, as on the way in."""
+        pattern = self._pattern
+        assert pattern is not None
         m = state.memo.get(self._token)
         if m is not None and m[0] == state.epoch:
             return m[1], [], False
-        run = _Run(self._pattern.last + 1)
+        run = _Run(pattern.empty)
         out: list[Match] = []
-        for r in sorted(state.events, key=order):
-            if until is not None and r.ts > until:
-                break
-            self._pattern.feed(run, r, out)
+        if state.blank:  # shown every event it accepts: nothing to read again
+            state.memo[self._token] = (state.epoch, run)
+            return run, out, False
+        accepts = pattern.accepts
+        evs = state.events if accepts is None else [r for r in state.events if accepts(r)]
+        for r in sorted(evs, key=order) if len(evs) > 1 else evs:
+            pattern.feed(run, r, out)
         state.memo[self._token] = (state.epoch, run)
         return run, out, True
+
+    def _unstarted(self, state: PersonState) -> bool:
+        """A blank state this automaton has never been needed for: no partial match, no wait."""
+        if not state.blank:
+            return False
+        m = state.memo.get(self._token)
+        return m is None or m[0] != state.epoch
 
     def on_event(self, state: PersonState, event: EventRec) -> list[Match]:
         """The matches ``event`` completes (it is already in ``state``)."""
         if self._event is not None:
             return [Match(event.ts, (event,), match_key([event]))] if self._event(event) else []
         assert self._pattern is not None
-        run, found, rebuilt = self._run(state, None)
+        if self._unstarted(state) and not self._pattern.tests[0](event, {}):
+            return []  # only a first step can start from nothing
+        run, found, rebuilt = self._run(state)
         if rebuilt:
             return [x for x in found if x.fired_at >= event.ts]
         out: list[Match] = []
         if run.t is not None and event.ts < run.t:  # older than what was read: read it all again
             state.memo.pop(self._token, None)
-            _, found, _ = self._run(state, None)
+            _, found, _ = self._run(state)
             return [x for x in found if x.fired_at >= event.ts]
         self._pattern.feed(run, event, out)
         return out
 
     def on_timer(self, state: PersonState, watermark: datetime) -> list[Match]:
         """The absences due at or before ``watermark``."""
-        if self._pattern is None or self._pattern.then_not is None:
+        if self._pattern is None or self._pattern.then_not is None or self._unstarted(state):
             return []
-        run, found, _ = self._run(state, None)
+        run, found, _ = self._run(state)
         out = [x for x in found if x.fired_at <= watermark]
         self._pattern.fire(run, watermark, True, out)
         return out
 
     def deadline(self, state: PersonState) -> datetime | None:
         """When the next absence is due (None: none is waiting)."""
-        if self._pattern is None or self._pattern.then_not is None:
+        if self._pattern is None or self._pattern.then_not is None or self._unstarted(state):
             return None
-        run = self._run(state, None)[0]
+        run = self._run(state)[0]
         within = self._pattern.within
         return min((a.ts + within for a in run.waits.values()), default=None)
 
@@ -1139,7 +1206,7 @@ def _pattern_pred(q: Sequence, path: str) -> _Pred:
         return then_not
 
     def sequence(s: PersonState, t: datetime, e: EventRec | None) -> bool:
-        run, out = _Run(pattern.last + 1), list[Match]()
+        run, out = _Run(pattern.empty), list[Match]()
         for r in window(s, t):
             pattern.feed(run, r, out, barrier=False)
             if out:
@@ -1159,7 +1226,7 @@ def replay(cond: Condition, events: list[EventRec], until: datetime) -> list[Mat
         test = _step(trigger, "$")
         return [Match(e.ts, (e,), match_key([e])) for e in evs if test(e)]
     pattern, out = _Pattern(trigger, "$"), list[Match]()
-    run = _Run(pattern.last + 1)
+    run = _Run(pattern.empty)
     for r in evs:
         pattern.feed(run, r, out)
     if pattern.then_not is not None:

@@ -116,7 +116,11 @@ class LeadStreamRule:
             return trigger.deadline(state)
 
         self.compiled: StreamRule = StreamRule(
-            check.predicate if check is not None else _always, deadline, interest, retention
+            check.predicate if check is not None else _always,
+            deadline,
+            interest,
+            retention,
+            trigger.accepts,  # no match starts, grows or ends on an event it rejects
         )
 
     def hits(self, state: PersonState, matches: Iterable[Match]) -> list[Hit]:
@@ -132,8 +136,7 @@ class LeadStreamRule:
         found = self.trigger.on_event(state, event)
         if self.absence:
             # a wait already due at ``at`` (a late event, or one due at this very time): the
-            # engine does not time a deadline that is not after ``at``, so fire it now, before
-            # the retention prunes its first event
+            # engine does not time a deadline that is not after ``at``, so fire it now
             found += self.trigger.on_timer(state, at)
         return self.hits(state, found) or None
 

@@ -12,7 +12,8 @@ the providers' outputs (``flush``) and keeps a checkpoint of its own:
 What the core owns:
 
 - the rules of the providers (``refresh_rules``), a ``RuleIndex`` telling which rules an
-  event can change, the merged ``Retention`` (how much history to keep) and ``Reads``;
+  event can change (and, per rule, ``StreamRule.accepts``: a cheaper cut on the event's own
+  properties), the merged ``Retention`` (how much history to keep) and ``Reads``;
 - each person's ``PersonState`` in an LRU of ``max_persons``; a person not in memory is
   built by the driver's *history loader* ``loader(persons, ref) -> {person: state}``;
 - the watermark (it only moves forward) and timers on event time: after judging a rule for a
@@ -205,6 +206,8 @@ class Core:
         self.owner: dict[str, Provider] = {}
         self.outputs: dict[str, list[Any]] = {}
         self.index = RuleIndex({})
+        #: per event name: (key, rule, accepts) of the rules it can change
+        self.routes: dict[str, list[tuple[str, Rule, Callable[[EventRec], bool] | None]]] = {}
         self.names: list[str] | None = []
         self.retention = Retention()
         self.reads = Reads()
@@ -229,6 +232,7 @@ class Core:
                 self.owner[rule.key] = provider
         compiled = [r.compiled for r in self.rules.values()]
         self.index = RuleIndex({k: r.compiled.interest for k, r in self.rules.items()})
+        self.routes = {}
         self.names = None if self.index.reads_all() else sorted(self.index.events())
         self.retention = reduce(Retention.merge, (c.retention for c in compiled), Retention())
         self.reads = reduce(Reads.merge, (r.reads for r in self.rules.values()), Reads())
@@ -268,19 +272,29 @@ class Core:
         states.move_to_end(person)  # least recently used first
         state.add(rec)
         at = max(rec.ts, self.watermark, state.events[-1].ts)
-        keys: list[str] = self.index.rules_for(rec.event)  # type: ignore[assignment]
-        rules = self.rules
-        for key in keys:
-            rule = rules[key]
+        routes = self.routes.get(rec.event)
+        if routes is None:
+            routes = self.routes[rec.event] = self._routes(rec.event)
+        judged = 0
+        for key, rule, accepts in routes:
+            if accepts is not None and not accepts(rec):
+                continue
+            judged += 1
             out = rule.on_event(state, at, rec)
             if out is not None:
                 self._emit(key, out)
             self._schedule(state, key, rule, at)
-        self.stats.judged += len(keys)
+        self.stats.judged += judged
         self.stats.events += 1
-        floor = self.retention.keep_since(state, at)
+        # kept from the watermark's view, not ``at``'s: a rule skipped by ``accepts`` still
+        # has its timers, due after the watermark, and they may need these events again
+        floor = self.retention.keep_since(state, self.watermark)
         if floor is not None and state.events and state.events[0].ts < floor:
             state.prune(floor)
+
+    def _routes(self, event: str) -> list[tuple[str, Rule, Callable[[EventRec], bool] | None]]:
+        keys: list[str] = self.index.rules_for(event)  # type: ignore[assignment]
+        return [(k, self.rules[k], self.rules[k].compiled.accepts) for k in keys]
 
     def advance(self, watermark: datetime) -> None:
         """Move the watermark to ``watermark`` (if later) and fire the timers due at or

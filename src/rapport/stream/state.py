@@ -42,7 +42,10 @@ class PersonState:
     ``memo`` holds what compiled rules carry from one evaluation to the next (a sequence's
     automaton, a filtered behaviour leaf's matching events), valid while ``epoch`` stands:
     ``appended`` counts events added in time order, so a rule knows which are new; an event
-    older than the latest rewrites history (a new epoch, and the rules start over once)."""
+    older than the latest rewrites history (a new epoch, and the rules start over once).
+    ``blank``: the epoch began with no events, so every event of it came through ``add`` in
+    time order, and a rule that has no memo yet has been shown every event it accepts: it can
+    start from nothing instead of reading the history again."""
 
     person: int
     attrs: dict[str, Any] = field(default_factory=dict)
@@ -54,6 +57,7 @@ class PersonState:
     )
     appended: int = field(init=False, repr=False, compare=False, default=0)
     epoch: int = field(init=False, repr=False, compare=False, default=0)
+    blank: bool = field(init=False, repr=False, compare=False, default=True)
     memo: dict[object, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -65,6 +69,7 @@ class PersonState:
         self.events.sort(key=_ts)
         self.epoch += 1
         self.memo.clear()
+        self.blank = not self.events
         self.by_event = {}
         for rec in self.events:
             self.by_event.setdefault(rec.event, []).append(rec)
@@ -79,6 +84,7 @@ class PersonState:
             insort_right(events, rec, key=_ts)
             self.epoch += 1
             self.memo.clear()
+            self.blank = False
         recs = self.by_event.get(rec.event)
         if recs is None:
             self.by_event[rec.event] = [rec]
