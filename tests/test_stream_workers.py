@@ -33,7 +33,7 @@ from rapport.log import nats as natslog
 from rapport.settings import load_settings
 from rapport.stream import engine, follow, partitions, worker
 from rapport.workspace import Workspace
-from test_stream_engine import send
+from test_stream_engine import person, send
 
 NATS_URL = os.environ.get("RAPPORT_TEST_NATS", "nats://127.0.0.1:4222")
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
@@ -171,6 +171,17 @@ def caught_up(ws: Workspace) -> bool:
     return True
 
 
+def wait_caught_up(ws: Workspace, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Until every partition is checkpointed to its end (60 s at most), the workers alive."""
+    deadline = time.monotonic() + 60
+    while not caught_up(ws):
+        for p in procs:
+            if p.poll() is not None:
+                pytest.fail(f"a worker died: {p.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the workers did not catch up in 60 s"
+        time.sleep(0.3)
+
+
 def test_three_workers_one_killed_make_every_lead_exactly_once(pair):
     embedded, scaled = pair
     batches = events(seed=5, persons=500, batches=8, per_batch=600)
@@ -191,13 +202,7 @@ def test_three_workers_one_killed_make_every_lead_exactly_once(pair):
         assert killed is not None and killed.returncode == -signal.SIGKILL
         send(embedded, *(e for batch in batches for e in batch))
         follow.one_pass(embedded)  # the expected leads: the embedded engine's
-        deadline = time.monotonic() + 60
-        while not caught_up(scaled):
-            for p in procs:
-                if p is not killed and p.poll() is not None:
-                    pytest.fail(f"a worker died: {p.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "the workers did not catch up in 60 s"
-            time.sleep(0.3)
+        wait_caught_up(scaled, [p for p in procs if p is not killed])
     finally:
         for p in procs:
             if p.poll() is None:
@@ -253,3 +258,249 @@ def test_a_republish_after_a_crash_is_deduplicated_by_jetstream(pair):
         wh.set_state(con, partitions.OFFSET_KEY, "0")
     assert partitions.publish_ready(scaled) == 50  # published again...
     assert asyncio.run(count()) == first  # ...and dropped by message id
+
+
+# -- profiles and merges reach the workers --------------------------------------------------------
+def run_workers(ws: Workspace, groups: list[list[int]], steps: list[Any]) -> None:
+    """Start a worker per group, run ``steps`` (each a follower pass's input), wait until the
+    workers have checkpointed everything, stop them."""
+    procs = [start_worker(ws, parts) for parts in groups]
+    try:
+        for step in steps:
+            step(ws)
+        wait_caught_up(ws, procs)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture
+def seeded(pair: tuple[Workspace, Workspace]) -> tuple[Workspace, Workspace]:
+    """The pair with the demo's plan, the seed's tags, channel and route, the seed rule and a
+    rule of a tag and an attribute (only them: the rules of ``RULES`` are paused)."""
+    from rapport.db.tables import lead_rules
+    from rapport.delivery.channels import ChannelSpec, create_channel
+    from rapport.demo.load import load_plan
+    from rapport.leads import routing
+    from rapport.leads.seed import SEED_RULE, TAGS
+    from rapport.tags.definitions import TagIn, create_tag
+
+    for ws in pair:
+        with ws.db.begin() as conn:
+            conn.execute(lead_rules.update().values(status="paused"))
+        load_plan(ws)
+        for name in TAGS:
+            definition = {"condition": {"kind": "did", "event": "x"}}
+            create_tag(ws.db, TagIn(name=name, kind="rule", definition=definition))
+        create_channel(ws.db, ChannelSpec(name="outbound_call", kind="call_list"))
+        route = routing.RouteIn(name="outbound_call", target_kind="channel", target="outbound_call")
+        routing.create_route(ws.db, route)
+        rules.create_rule(ws.db, rules.RuleIn(**SEED_RULE, status="live"), None)
+        rules.create_rule(ws.db, rules.RuleIn(**SHANGHAI, status="live"), None)
+    return pair
+
+
+SHANGHAI: dict[str, Any] = {
+    "name": "shanghai_fridge",
+    "lead_type": "fridge viewer in Shanghai",
+    "trigger": 'event view_product where category = "fridge"',
+    "conditions": 'has tag strong_purchasing_power and city = "Shanghai"',
+    "cooldown": {"amount": 1, "unit": "minutes"},
+}
+
+
+def city(ws: Workspace, at: datetime, **cities: str) -> None:
+    """Identify traits (anonymous id = city), then the profiles rebuilt from them."""
+    from rapport.identity.survivorship import build_profiles
+
+    send(
+        ws,
+        *(
+            {
+                "messageId": f"identify.{anon}.{at.isoformat()}",
+                "type": "identify",
+                "anonymousId": anon,
+                "traits": {"city": name},
+                "timestamp": at.isoformat(),
+            }
+            for anon, name in cities.items()
+        ),
+    )
+    follow.one_pass(ws)
+    build_profiles(ws)
+
+
+def tag(ws: Workspace, persons: list[int]) -> None:
+    """Give ``persons`` (only them) the seed's two tags, as a tag run would."""
+    import pyarrow as pa
+
+    from rapport.leads.seed import TAGS
+    from rapport.tags import store as tag_store
+
+    for name in TAGS:
+        run_id = tag_store.start_run(ws.db, name)
+        values = pa.table(
+            {"person_key": pa.array(persons, pa.int64()), "value": ["yes"] * len(persons)}
+        )
+        tag_store.write_values(ws, name, run_id, values)
+
+
+def track(anon: str, event: str, ts: datetime, **props: Any) -> dict[str, Any]:
+    """A track message whose id is the same in both workspaces (leads cite event ids)."""
+    return {
+        "messageId": f"{anon}.{event}.{ts.isoformat()}",
+        "type": "track",
+        "event": event,
+        "anonymousId": anon,
+        "timestamp": ts.isoformat(),
+        "properties": props,
+    }
+
+
+def fridge(anon: str, ts: datetime) -> dict[str, Any]:
+    """The seed's view: a fridge of 5,999 for 75 s (no order follows)."""
+    props = {"item_id": "F-1", "category": "fridge", "price": 5999, "duration_s": 75}
+    return track(anon, "view_product", ts, **props)
+
+
+def test_rules_read_tags_and_attributes_in_a_worker_and_later_changes(seeded):
+    embedded, scaled = seeded
+    minute, t1 = timedelta(minutes=1), T0 + timedelta(hours=2)
+    logins = [track(a, "login", T0 - timedelta(days=1)) for a in ("a1", "a2", "a3")]
+    keys: list[int] = []
+
+    def people(ws: Workspace) -> None:
+        send(ws, *logins)
+        follow.one_pass(ws)
+        keys[:] = [person(ws, a) for a in ("a1", "a2", "a3")]
+        tag(ws, keys[:2])  # a1, a2 are high-value; a3 is not
+        city(ws, T0 - timedelta(hours=1), a1="Shanghai", a3="Beijing")
+
+    def views(at: datetime) -> Any:
+        def step(ws: Workspace) -> None:
+            send(ws, *(fridge(a, at) for a in ("a1", "a2", "a3")))
+            send(ws, track("a9", "login", at + 31 * minute))  # 30 minutes pass: they mature
+            follow.one_pass(ws)
+
+        return step
+
+    def retag(ws: Workspace) -> None:
+        tag(ws, [keys[0], keys[2]])  # a2 loses the tags, a3 gains them
+        city(ws, T0 + timedelta(hours=1), a3="Shanghai")
+
+    for step in (people, views(T0)):
+        step(embedded)
+    first = lead_rows(embedded)
+    by_rule = {(r[1], r[2]) for r in first}
+    assert sorted(by_rule) == [(4, keys[0]), (4, keys[1]), (5, keys[0])]  # each once
+    retag(embedded)
+    engine.forget(embedded)  # the embedded engine reads a profile when it loads a person
+    views(t1)(embedded)
+    expected = lead_rows(embedded)
+    # the seed: a1's cooldown (7 days) holds, a3 now fires, a2 no longer does; Shanghai: a3
+    # moved there, a1 is still there
+    later = sorted((r[1], r[2]) for r in set(expected) - set(first))
+    assert later == [(4, keys[2]), (5, keys[0]), (5, keys[2])]
+
+    run_workers(scaled, [[0, 1, 2], [3, 4, 5]], [people, views(T0), retag, views(t1)])
+    assert lead_rows(scaled) == expected
+
+
+def test_a_merge_across_partitions_completes_a_sequence_once_in_the_survivors_worker(pair):
+    embedded, scaled = pair
+    minute = timedelta(minutes=1)
+    before = [track(a, "login", T0 - timedelta(days=1)) for a in ("a1", "b1")]
+    merging = [
+        {
+            "messageId": f"identify.{anon}",
+            "type": "identify",
+            "userId": "u1",
+            "anonymousId": anon,
+            "timestamp": (T0 + n * minute).isoformat(),
+        }
+        for n, anon in ((1, "a1"), (2, "b1"))
+    ]
+    after = [
+        track("a1", "add_to_cart", T0 + 5 * minute),  # completes b1's view, now the survivor's
+        track("z9", "login", T0 + timedelta(days=1)),  # every absence matures
+    ]
+
+    def step(*msgs: dict[str, Any]) -> Any:
+        def run(ws: Workspace) -> None:
+            send(ws, *msgs)
+            follow.one_pass(ws)
+
+        return run
+
+    steps = [step(*before), step(track("b1", "view_product", T0, price=500)), step(*merging)]
+    steps.append(step(*after))
+    for s in steps:
+        s(embedded)
+    survivor = person(embedded, "a1")
+    assert person(embedded, "b1") == survivor
+    expected = lead_rows(embedded)
+    view_then_cart = [r for r in expected if r[1] == 2]
+    assert [r[2] for r in view_then_cart] == [survivor]  # once, for the survivor
+
+    groups: list[list[int]] = []
+    keys: list[int] = []
+
+    def first(ws: Workspace) -> None:
+        steps[0](ws)
+        a, b = person(ws, "a1"), person(ws, "b1")
+        assert a % PARTITIONS != b % PARTITIONS  # two partitions, two workers
+        groups.extend([[a % PARTITIONS], [p for p in range(PARTITIONS) if p != a % PARTITIONS]])
+        keys.extend([a, b])
+
+    first(scaled)
+    run_workers(scaled, groups, steps[1:])
+    assert keys[0] == survivor
+    assert lead_rows(scaled) == expected
+    # the merged-away person's state is gone from its partition's checkpoint
+    ckpt = worker.read_checkpoint(worker.checkpoint_path(scaled, keys[1] % PARTITIONS))
+    assert ckpt is not None and keys[1] not in {p.person for p in ckpt.persons}
+
+
+def test_profiles_and_merges_republished_after_a_crash_are_deduplicated(seeded):
+    _, scaled = seeded
+    wh, minute = scaled.warehouse, timedelta(minutes=1)
+    send(scaled, *(track(a, "login", T0) for a in ("a1", "b1", "c1")))
+    follow.one_pass(scaled)
+    tag(scaled, [person(scaled, "a1"), person(scaled, "c1")])
+    keys = (partitions.OFFSET_KEY, partitions.MERGE_KEY, partitions.ROUND_KEY)
+    with wh.connect() as con:  # the publisher's checkpoint before the pass
+        state = {k: wh.get_state(con, k) for k in keys}
+        fps = con.table(partitions.FINGERPRINTS).to_pyarrow()
+    merge = {"type": "identify", "userId": "u1", "timestamp": (T0 + minute).isoformat()}
+    send(scaled, {**merge, "anonymousId": "a1"}, {**merge, "anonymousId": "b1"})
+    send(scaled, fridge("a1", T0 + 2 * minute))
+    follow.one_pass(scaled)  # publishes a merge, a profile change and events
+
+    async def kinds() -> list[str]:
+        nc, js = await natslog.connect(scaled.settings.nats_url)
+        try:
+            sub = await js.subscribe(f"{natslog.prefix(scaled.settings.nats_stream)}.*")
+            out: list[str] = []
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1)
+                except TimeoutError:
+                    return out
+                out.append(type(partitions.decode(msg.data)).__name__)
+        finally:
+            await nc.close()
+
+    first = asyncio.run(kinds())
+    assert {"Merge", "Drop", "Profile", "PersonEvent"} == set(first), first
+    with wh.connect() as con:  # a publisher that died before its checkpoint
+        for k, v in state.items():
+            wh.set_state(con, k, v or "")
+        con.create_table(partitions.FINGERPRINTS, fps, overwrite=True)
+    partitions.forget()
+    assert partitions.publish_ready(scaled) == 3  # two identifies and the view, again...
+    assert asyncio.run(kinds()) == first  # ...and every message dropped by its id

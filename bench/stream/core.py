@@ -5,11 +5,16 @@
     .venv/bin/python bench/stream/core.py latency      # RATE=10000 SECONDS=20 (needs NATS)
     RARE=1 ...                                         # selective rules: ~1 % of events lead
     NULL=1 ... throughput                              # rules that never fire: the core alone
+    IDENTITY=1 ... throughput                          # stage 1 in the same process, too
 
 ``throughput``: 20 live lead rules (10 event triggers with filters, 10 sequences: 5 ``A then
 B``, 5 ``A then not B``) fed the worker's way — each message msgpack-decoded, its properties
 parsed, then ``Core.feed`` — on one process; outputs are counted, not written (the metadata
-DB's cost is the latency run's). CPU seconds of the process; median of ``RUNS``.
+DB's cost is the latency run's). CPU seconds of the process; median of ``RUNS``. With
+``IDENTITY=1`` each event first goes through stage 1's in-memory identity graph the way the
+identity resolver does it (keyed identifier values → nodes → ``Resolver.resolve`` → the
+person; a merge goes to ``Core.merge``): a person has a member id and one or two anonymous
+ids, and half the events are logged in (anonymous id + member id), as Segment clients send.
 
 ``latency``: a publisher process sends person events to one JetStream partition at ``RATE``
 events/s, each stamped with its send time as event time; this process runs a worker
@@ -218,20 +223,75 @@ def messages(seed: int) -> list[bytes]:
     return out
 
 
+def identifiers(seed: int) -> list[list[tuple[str, str]]]:
+    """Per message, the identifiers a tracking client sends (IDENTITY=1)."""
+    rng = np.random.default_rng(seed + 1)
+    persons = np.random.default_rng(seed).integers(0, PERSONS, EVENTS)  # as ``messages``
+    second = rng.random(EVENTS) < 0.5  # the person's other device
+    logged_in = rng.random(EVENTS) < 0.5
+    out = []
+    for i in range(EVENTS):
+        p = int(persons[i])
+        ids = [("anonymous_id", f"{'b' if second[i] and p % 2 else 'a'}{p:08d}")]
+        if logged_in[i]:
+            ids.append(("member_id", f"m{p:08d}"))
+        out.append(ids)
+    return out
+
+
+class Stage1:
+    """Stage 1's per-event work, in memory: identifier keys, nodes, the graph."""
+
+    def __init__(self) -> None:
+        from rapport.identity.graph import Resolver, TypeRule
+        from rapport.identity.keys import Keyer
+
+        self.types = {"member_id": 0, "anonymous_id": 1}
+        self.resolver = Resolver(
+            [TypeRule(0, "member_id", 70, 3), TypeRule(1, "anonymous_id", 30, 10)]
+        )  # the default identifier types' priorities and limits
+        self.keyer = Keyer(b"bench secret")
+        self.nodes: dict[int, int] = {}
+        self.merges: list[tuple[int, int, int]] = []
+
+    def person(self, ids: list[tuple[str, str]]) -> int:
+        nodes = []
+        for id_type, value in ids:
+            key = self.keyer.key(id_type, value.strip())
+            node = self.nodes.get(key)
+            if node is None:
+                node = self.nodes[key] = self.resolver.add_node(self.types[id_type])
+            nodes.append(node)
+        outcome = self.resolver.resolve(nodes)
+        for survivor, absorbed, _ in outcome.merges:
+            self.merges.append((len(self.merges), survivor, absorbed))
+        assert outcome.person is not None
+        return outcome.person
+
+
 def throughput() -> None:
     data = messages(1)
-    cpu, wall, hits, judged = [], [], 0, 0
+    ids = identifiers(1) if os.environ.get("IDENTITY") == "1" else None
+    cpu, wall, hits, judged, merges = [], [], 0, 0, 0
     for _ in range(RUNS):
         provider = NullProvider() if os.environ.get("NULL") == "1" else CountingProvider()
         core = Core(None, [provider], lambda persons, ref: {}, max_persons=sys.maxsize)  # type: ignore[arg-type]
         core.refresh_rules()
         loads, wants, feed = orjson.loads, core.wants, core.feed
+        stage1 = Stage1()
         c0, w0 = time.process_time(), time.perf_counter()
         for i, raw in enumerate(data):
             e = decode(raw)
+            person = e.person
+            if ids is not None:
+                person = stage1.person(ids[i])
+                if stage1.merges:
+                    core.merge(stage1.merges)
+                    merges += len(stage1.merges)
+                    stage1.merges.clear()
             if wants(e.event):
                 rec = EventRec(e.ts, e.event, loads(e.props) if e.props else {}, None, e.id)
-                feed(e.person, rec, e.running)
+                feed(person, rec, e.running)
             if i % 500 == 499:  # a worker's batch: the timers due, the outputs
                 core.advance(e.running)
                 core.apply_outputs()
@@ -245,7 +305,8 @@ def throughput() -> None:
         f"{EVENTS:,} events, {PERSONS:,} persons, 20 rules (10 sequences): "
         f"median of {RUNS}: {c:.2f} s CPU = {EVENTS / c:,.0f} events/s/core "
         f"(wall {w:.2f} s = {EVENTS / w:,.0f}/s); {hits:,} leads, {judged:,} judgements; "
-        f"load average {os.getloadavg()[0]:.1f}"
+        + (f"identity resolved, {merges // RUNS:,} merges; " if ids is not None else "")
+        + f"load average {os.getloadavg()[0]:.1f}"
     )
 
 

@@ -123,8 +123,10 @@ class LeadStreamRule:
             trigger.accepts,  # no match starts, grows or ends on an event it rejects
         )
 
-    def hits(self, state: PersonState, matches: Iterable[Match]) -> list[Hit]:
+    def hits(self, state: PersonState, matches: list[Match]) -> list[Hit]:
         """The matches whose person passes the conditions at the match's time."""
+        if not matches:
+            return []
         check = self.check
         return [
             Hit(self.rule, state.person, m, state)
@@ -141,6 +143,8 @@ class LeadStreamRule:
         return self.hits(state, found) or None
 
     def on_timer(self, state: PersonState, at: datetime) -> list[Hit] | None:
+        if not self.absence:
+            return None  # only an absence matures with time
         return self.hits(state, self.trigger.on_timer(state, at)) or None
 
     def on_merge(self, survivor: int, merged_away: int, at: datetime) -> None:

@@ -1,14 +1,13 @@
-"""NATS JetStream as the scale-out log of the stream path: the persons' events, partitioned.
+"""NATS JetStream as the scale-out log of the stream path: the persons' messages, partitioned.
 
 Stage 1 (the follower) publishes every event that has a person to the stream
 ``settings.nats_stream`` on subject ``<prefix>.<p>``, ``p = person_key mod
-stream_partitions``, so that one partition holds all of a person's events in log order.
-Each message carries ``Nats-Msg-Id = o<log offset>``: a re-publish after a crash (within the
-stream's duplicate window) is dropped by JetStream. The log offset, not the event id, is the
-message id because event ids are unique per source only.
-
-Workers (``rapport.stream.worker``) read one partition each through a durable pull consumer
-that starts after their checkpoint's stream sequence.
+stream_partitions``, so that one partition holds all of a person's events in log order —
+and, in order with them, the person's profile changes and the merges that concern it
+(``rapport.stream.partitions``). Every message carries a ``Nats-Msg-Id`` derived from what it
+says (``o<log offset>`` for an event: event ids are unique per source only; the identity
+history's sequence for a merge): a re-publish after a crash (within the stream's duplicate
+window) is dropped by JetStream.
 """
 
 from __future__ import annotations

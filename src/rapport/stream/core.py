@@ -374,6 +374,12 @@ class Core:
             del self.due[slot]
         self.restore(survivors - gone)
 
+    def drop(self, person: int) -> None:
+        """Forget ``person`` (merged into a person another core holds): state and timers."""
+        self.states.pop(person, None)
+        for slot in [s for s in self.due if s[0] == person]:
+            del self.due[slot]
+
     # -- outputs and states -------------------------------------------------------------------
     def _emit(self, key: str, output: Any | None) -> None:
         if output is not None:

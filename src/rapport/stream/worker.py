@@ -21,9 +21,16 @@ applied after it are processed again, and ``fire`` drops the leads it already ma
 dedupe key. At-least-once processing, exactly-once leads.
 
 Workers never open the warehouse (in the cluster profile it is not theirs): a person's
-history comes only from the messages and the checkpoint, and a state is never evicted.
-Attributes, tags and segments are not published yet: rules in workers see none (see
-docs/stream.md, "Scaled out").
+history and profile come only from the messages and the checkpoint, and a state is never
+evicted. Besides events, a partition carries (``rapport.stream.partitions``):
+
+- ``Profile``: the attributes, tags and segments the rules read, before a person's first
+  event and again when they change; it replaces the state's and judges nothing (the embedded
+  engine re-judges no one on a profile change either: the next event or timer reads it);
+- ``Merge``: persons merged into one of this partition, with the survivor's history and
+  profile from the warehouse: the core's ``merge`` (states replaced, rules told, survivor
+  judged again at the watermark), as the embedded engine does;
+- ``Drop``: a person of this partition merged into one of another: its state and timers go.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from sqlalchemy.exc import OperationalError
 from rapport.log import nats as natslog
 from rapport.stream import core
 from rapport.stream.core import EPOCH, Core
-from rapport.stream.partitions import decode
+from rapport.stream.partitions import Drop, Merge, Past, PersonEvent, Profile, decode
 from rapport.stream.state import EventRec, PersonState
 
 if TYPE_CHECKING:
@@ -116,10 +123,6 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _no_history(persons: set[int], ref: datetime) -> dict[int, PersonState]:
-    return {}  # a person first seen on the partition has no history before it
-
-
 # -- one partition ------------------------------------------------------------------------------
 class Partition:
     """The rule core of one partition, its checkpoint and its progress."""
@@ -135,7 +138,7 @@ class Partition:
         self.core = Core(
             ws,
             providers,
-            _no_history,
+            self._history,
             lateness=timedelta(seconds=s.stream_lateness_seconds),
             max_persons=sys.maxsize,
         )
@@ -148,6 +151,13 @@ class Partition:
         #: persons fed since the last checkpoint, and the checkpoint's form of every person
         self.dirty: set[int] = set()
         self.snap: dict[int, _Person] = {}
+        #: survivors' states from ``Merge`` messages, for the core's loader to take
+        self.merged: dict[int, PersonState] = {}
+
+    def _history(self, persons: set[int], ref: datetime) -> dict[int, PersonState]:
+        """The core's loader: a merge's survivor gets the state its message carried; a person
+        first seen here has no history before it."""
+        return {p: self.merged.pop(p) for p in persons if p in self.merged}
 
     def start(self) -> None:
         """Rules from the providers, states and timers from the checkpoint."""
@@ -184,24 +194,42 @@ class Partition:
             self.rules_checked = now
             if c.refresh_rules():  # a rule changed: rebuild the timers on the states kept
                 c.restore(list(c.states))
-        lateness, loads = c.lateness, orjson.loads
+        lateness = c.lateness
         for m in msgs:
             e = decode(m.data)
+            if type(e) is not PersonEvent:
+                c.advance(self.top - lateness)  # as the embedded engine ended its last pass
+                self.control(e)
+                continue
             if e.running > self.top:
                 self.top = e.running
             if e.person >= 0 and c.wants(e.event):
-                rec = EventRec(
-                    e.ts,
-                    e.event,
-                    loads(e.props) if e.props else {},
-                    loads(e.item) if e.item else None,
-                    e.id,
-                )
-                c.feed(e.person, rec, e.running)
+                c.feed(e.person, _record(e), e.running)
                 self.dirty.add(e.person)
         c.advance(self.top - lateness)
         self.seq = msgs[-1].metadata.sequence.stream
         self.quiet_since = time.monotonic()
+
+    def control(self, msg: Profile | Merge | Drop) -> None:
+        """Apply a profile, a merge or a drop to the states."""
+        c = self.core
+        match msg:
+            case Profile(person=person):
+                state = c.states.get(person)
+                if state is None:
+                    state = c.states[person] = PersonState(person)
+                _set_profile(state, msg)
+                self.dirty.add(person)
+            case Merge(seq=seq, away=away, profile=profile):
+                state = PersonState(profile.person, events=[_record(e) for e in msg.events])
+                _set_profile(state, profile)
+                self.merged[profile.person] = state
+                c.merge([(seq, profile.person, a) for a in away])
+                self.merged.clear()
+                self.dirty.update((profile.person, *away))
+            case Drop(person=person):
+                c.drop(person)
+                self.dirty.add(person)
 
     def idle(self, now: float) -> bool:
         """A quiet partition: event time follows the wall clock (``stream_idle_seconds``)."""
@@ -269,6 +297,18 @@ class Partition:
         self.dirty = set()
         timers = [(when, person, key) for (person, key), when in c.due.items()]
         return Checkpoint(self.seq, c.watermark, repr(c.versions), list(snap.values()), timers)
+
+
+def _record(e: PersonEvent | Past) -> EventRec:
+    loads = orjson.loads
+    props = loads(e.props) if e.props else {}
+    return EventRec(e.ts, e.event, props, loads(e.item) if e.item else None, e.id)
+
+
+def _set_profile(state: PersonState, profile: Profile) -> None:
+    state.attrs = dict(profile.attrs)
+    state.tags = {k: set(v) for k, v in profile.tags.items()}
+    state.segments = {k: set(v) for k, v in profile.segments.items()}
 
 
 # -- the process --------------------------------------------------------------------------------
