@@ -13,13 +13,12 @@ import ssl
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
-from functools import lru_cache
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 import orjson
 
-from rapport.delivery import templating
+from rapport.delivery import http, templating
 from rapport.delivery.channels import DEFAULT_SUCCESS_FIELD, DEFAULT_TEMPLATES, Channel
 from rapport.delivery.errors import DeliveryError
 from rapport.delivery.outbox import Claimed
@@ -42,7 +41,7 @@ class Sent:
 
 
 class Adapter(Protocol):
-    async def send(self, channel: Channel, message: Claimed, client: httpx.AsyncClient) -> Sent:
+    async def send(self, channel: Channel, message: Claimed, client: aiohttp.ClientSession) -> Sent:
         """Send ``message`` once over ``channel``."""
         ...
 
@@ -66,7 +65,7 @@ def body_context(channel: Channel, message: Claimed) -> dict[str, Any]:
 class HttpAdapter:
     """Webhooks and providers' HTTP APIs (SMS, app push, WeChat official account, WeCom)."""
 
-    async def send(self, channel: Channel, message: Claimed, client: httpx.AsyncClient) -> Sent:
+    async def send(self, channel: Channel, message: Claimed, client: aiohttp.ClientSession) -> Sent:
         started = time.perf_counter()
         try:
             url = channel.url()
@@ -84,26 +83,21 @@ class HttpAdapter:
             return Sent(False, permanent=True, error=str(exc), ms=_ms(started))
         except ConnectionError as exc:
             return Sent(False, error=str(exc), ms=_ms(started))
+        timeout = float(channel.config.get("timeout", 10))
         try:
-            answer = await client.post(
-                _parsed(url),
-                content=body,
-                headers=headers,
-                timeout=float(channel.config.get("timeout", 10)),
-            )
-        except httpx.HTTPError as exc:
-            return Sent(False, error=f"{exc.__class__.__name__}: {exc}", ms=_ms(started))
-        excerpt = answer.text[:EXCERPT]
+            answer = await http.post(client, url, body, headers, timeout)
+        except http.NoAnswer as exc:
+            return Sent(False, error=http.describe(exc, timeout), ms=_ms(started))
         sent = Sent(
-            200 <= answer.status_code < 300,
-            http_status=answer.status_code,
-            response=excerpt,
-            retry_after=answer.headers.get("retry-after"),
+            200 <= answer.status < 300,
+            http_status=answer.status,
+            response=answer.excerpt(EXCERPT),
+            retry_after=answer.retry_after,
             ms=_ms(started),
         )
         if not sent.ok:
-            sent.permanent = not transient(answer.status_code)
-            sent.error = f"HTTP {answer.status_code}"
+            sent.permanent = not transient(answer.status)
+            sent.error = f"HTTP {answer.status}"
             return sent
         field = channel.config.get("success_field", DEFAULT_SUCCESS_FIELD.get(channel.kind))
         if field:
@@ -111,16 +105,10 @@ class HttpAdapter:
         return sent
 
 
-@lru_cache(maxsize=256)
-def _parsed(url: str) -> httpx.URL:
-    """URLs parsed once (httpx's parser is a visible share of a webhook's CPU)."""
-    return httpx.URL(url)
-
-
-def _provider_verdict(sent: Sent, answer: httpx.Response, field: str) -> None:
+def _provider_verdict(sent: Sent, answer: http.Answer, field: str) -> None:
     """Providers answer 200 with an error code: 0 is success, -1 "busy" is worth a retry."""
     try:
-        code = orjson.loads(answer.content).get(field)
+        code = orjson.loads(answer.body).get(field)
     except (orjson.JSONDecodeError, AttributeError):
         sent.ok, sent.error = False, f"the answer is not JSON with a {field!r} field"
         return
@@ -133,7 +121,7 @@ def _provider_verdict(sent: Sent, answer: httpx.Response, field: str) -> None:
 class EmailAdapter:
     """Mail over SMTP (stdlib ``smtplib`` in a worker thread)."""
 
-    async def send(self, channel: Channel, message: Claimed, client: httpx.AsyncClient) -> Sent:
+    async def send(self, channel: Channel, message: Claimed, client: aiohttp.ClientSession) -> Sent:
         started = time.perf_counter()
         cfg = channel.config
         context = body_context(channel, message)

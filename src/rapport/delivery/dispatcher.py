@@ -13,15 +13,14 @@ import contextlib
 import logging
 import os
 import socket
-import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import httpx
+import aiohttp
 
+from rapport.delivery import http
 from rapport.delivery.adapters import Sent, adapter_for
 from rapport.delivery.channels import Channel, load_channels
 from rapport.delivery.limits import CircuitBreaker, TokenBucket
@@ -48,38 +47,6 @@ class Counters:
     breakers: dict[str, str] = field(default_factory=dict)
 
 
-class ClientPool:
-    """Idle HTTP clients per channel, one request in flight on each (one keep-alive
-    connection). httpcore's connection pool scans every connection and waiting request on
-    each request, so one client with 64 connections costs about 3x the CPU per webhook of 64
-    clients with one connection each (measured: docs/delivery.md)."""
-
-    def __init__(self) -> None:
-        self._idle: dict[str, list[httpx.AsyncClient]] = {}
-        self._all: list[httpx.AsyncClient] = []
-        self._tls = ssl.create_default_context()  # loading the CA bundle costs ~0.1 s: once
-
-    @contextlib.asynccontextmanager
-    async def lease(self, channel: str) -> AsyncIterator[httpx.AsyncClient]:
-        idle = self._idle.setdefault(channel, [])
-        if idle:
-            client = idle.pop()
-        else:
-            limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-            client = httpx.AsyncClient(limits=limits, verify=self._tls, follow_redirects=False)
-            self._all.append(client)
-        try:
-            yield client
-        finally:
-            idle.append(client)
-
-    async def aclose(self) -> None:
-        for client in self._all:
-            await client.aclose()
-        self._all.clear()
-        self._idle.clear()
-
-
 class Dispatcher:
     """One dispatcher (there may be several, in several processes, on one outbox)."""
 
@@ -95,10 +62,17 @@ class Dispatcher:
         self._channels: dict[str, Channel] = {}
         self._channels_at = 0.0
         self._sending = asyncio.Semaphore(settings.delivery_concurrency)
-        self.clients = ClientPool()
+        self._http: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._http is None:  # made on first use: it belongs to the running event loop
+            self._http = http.session()
+        return self._http
 
     async def aclose(self) -> None:
-        await self.clients.aclose()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     # -- one batch ------------------------------------------------------------------------
     async def run_once(self) -> int:
@@ -194,9 +168,9 @@ class Dispatcher:
                 return self._postpone(message, wait)
             if wait:
                 await asyncio.sleep(wait)
-        async with self._sending, self.clients.lease(channel.name) as client:
+        async with self._sending:
             try:
-                sent = await adapter_for(channel.kind).send(channel, message, client)
+                sent = await adapter_for(channel.kind).send(channel, message, self._client())
             except Exception as exc:  # noqa: BLE001 - a bug must not stall the batch: retry
                 log.exception("sending message %s failed", message.id)
                 sent = Sent(False, error=f"{exc.__class__.__name__}: {exc}")

@@ -24,6 +24,9 @@ from rapport.delivery.errors import DeliveryError
 #: statuses a dispatcher may claim (when due)
 DUE = ("pending", "failed")
 STATUSES = ("pending", "sending", "failed", "delivered", "dead", "listed")
+#: ids per ``UPDATE … WHERE id IN (…)`` when recording (under the 999 bound parameters of
+#: SQLite builds older than 3.32)
+RECORD_CHUNK = 900
 
 
 def now() -> datetime:
@@ -241,23 +244,18 @@ def record(engine: Engine, owner: str, results: Sequence[Result]) -> None:
     if not results:
         return
     at = now()
-    base = sa.update(outbox).where(
-        outbox.c.id == sa.bindparam("_id"),
-        outbox.c.lease_owner == owner,
-        outbox.c.status == "sending",
-    )
-    params = [
+    mine = (outbox.c.lease_owner == owner, outbox.c.status == "sending")
+    delivered = [r.id for r in results if r.status == "delivered"]
+    others = [
         {
             "_id": r.id,
             "status": r.status,
             "next_attempt_at": r.next_attempt_at or at,
             "last_error": r.error,
-            "delivered_at": at if r.status == "delivered" else None,
             "attempts": r.attempt - 1 if r.outcome == "postponed" else r.attempt,
-            "lease_owner": None,
-            "lease_until": None,
         }
         for r in results
+        if r.status != "delivered"
     ]
     tries = [
         {
@@ -273,8 +271,24 @@ def record(engine: Engine, owner: str, results: Sequence[Result]) -> None:
         for r in results
         if r.outcome != "postponed"
     ]
+    released = {"lease_owner": None, "lease_until": None}
     with engine.begin() as conn:
-        conn.execute(base, params)
+        # the common case in one statement per chunk (a bound parameter per id), not per row
+        for i in range(0, len(delivered), RECORD_CHUNK):
+            conn.execute(
+                sa.update(outbox)
+                .where(outbox.c.id.in_(delivered[i : i + RECORD_CHUNK]), *mine)
+                .values(
+                    status="delivered",
+                    next_attempt_at=at,
+                    last_error=None,
+                    delivered_at=at,
+                    **released,
+                )
+            )
+        if others:
+            retry = sa.update(outbox).where(outbox.c.id == sa.bindparam("_id"), *mine)
+            conn.execute(retry.values(delivered_at=None, **released), others)
         if tries:
             conn.execute(sa.insert(delivery_attempts), tries)
 

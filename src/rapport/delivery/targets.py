@@ -12,15 +12,18 @@ import asyncio
 import ipaddress
 import socket
 import time
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from rapport.delivery.errors import TargetRefused
 
-#: seconds a send-time lookup is reused (thousands of messages per second to one host)
+#: seconds a send-time verdict is reused (thousands of messages per second to one host)
 CACHE_SECONDS = 5.0
-_cache: dict[str, tuple[float, list[str]]] = {}
+#: host -> (expiry, the first refused address and why, or None)
+_cache: dict[str, tuple[float, tuple[str, str] | None]] = {}
 
 
+@lru_cache(maxsize=1024)  # parsed once per URL, not once per send
 def _host(url: str, field: str) -> tuple[str, int]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
@@ -52,15 +55,23 @@ def refused_reason(address: str) -> str | None:
     return None
 
 
-def _judge(url: str, host: str, addresses: list[str], field: str) -> None:
+def _refusal(addresses: list[str]) -> tuple[str, str] | None:
+    """The first address off limits, with the reason (judged once per lookup: ~20 µs)."""
     for address in addresses:
         reason = refused_reason(address)
         if reason:
-            raise TargetRefused(
-                f"{field}: {host} resolves to {address}, a {reason} address; an admin must set "
-                "allow_private on the channel to send there",
-                field,
-            )
+            return address, reason
+    return None
+
+
+def _refuse(host: str, refusal: tuple[str, str] | None, field: str) -> None:
+    if refusal:
+        address, reason = refusal
+        raise TargetRefused(
+            f"{field}: {host} resolves to {address}, a {reason} address; an admin must set "
+            "allow_private on the channel to send there",
+            field,
+        )
 
 
 def check_url(url: str, allow_private: bool, field: str = "url") -> None:
@@ -72,7 +83,7 @@ def check_url(url: str, allow_private: bool, field: str = "url") -> None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise TargetRefused(f"{field}: cannot resolve {host}: {exc}", field) from None
-    _judge(url, host, [str(i[4][0]) for i in infos], field)
+    _refuse(host, _refusal([str(i[4][0]) for i in infos]), field)
 
 
 async def check_url_async(url: str, allow_private: bool, field: str = "url") -> None:
@@ -87,6 +98,6 @@ async def check_url_async(url: str, allow_private: bool, field: str = "url") -> 
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:  # DNS trouble is worth a retry, unlike a refusal
             raise ConnectionError(f"cannot resolve {host}: {exc}") from None
-        hit = (time.monotonic() + CACHE_SECONDS, [str(i[4][0]) for i in infos])
+        hit = (time.monotonic() + CACHE_SECONDS, _refusal([str(i[4][0]) for i in infos]))
         _cache[host] = hit
-    _judge(url, host, hit[1], field)
+    _refuse(host, hit[1], field)

@@ -12,14 +12,13 @@ import asyncio
 import uuid
 from typing import Any
 
-import httpx
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from rapport.accounts import Role, audit
-from rapport.delivery import calllist, channels, outbox
+from rapport.delivery import calllist, channels, http, outbox
 from rapport.delivery.adapters import adapter_for
 from rapport.delivery.errors import DeliveryError
 from rapport.web.auth import Principal, redactor, require
@@ -116,7 +115,7 @@ async def test_channel(
         queued_at=outbox.now(),
         created_at=outbox.now(),
     )
-    async with httpx.AsyncClient() as client:
+    async with http.session() as client:
         sent = await adapter.send(channel, message, client)
     audit(ws.db, who.name, "channel.test", name, ok=sent.ok)
     return {
