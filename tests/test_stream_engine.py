@@ -341,3 +341,71 @@ def test_the_system_source_grows_to_send_audience_events(ws):
     assert logged(ws) == [("audience_entered", "cart_1d", 7, T0)]
     source = source_by_name(ws.db, system_events.SOURCE)
     assert source is not None and {lifecycle.EVENT, *live.EVENTS} <= source.allowed_events
+
+
+# -- profile data changing under states in memory -----------------------------------------------
+def test_a_person_in_memory_sees_a_later_tag_and_attribute_without_a_restart(ws):
+    """Lead rules of a tag and of an attribute: the person is in the engine's memory when the
+    tag run and the profiles rebuild change their data; the next event reads the new data."""
+    import pyarrow as pa
+    from sqlalchemy import select
+
+    from rapport.db.tables import leads
+    from rapport.demo.load import load_plan
+    from rapport.identity.survivorship import build_profiles
+    from rapport.leads import rules
+    from rapport.tags import store as tag_store
+    from rapport.tags.definitions import TagIn, create_tag
+
+    load_plan(ws)  # the demo's plan: the user property ``city``
+    definition = {"condition": {"kind": "did", "event": "x"}}
+    create_tag(ws.db, TagIn(name="vip", kind="rule", definition=definition))
+    for name, conditions in (("tagged", "has tag vip"), ("shanghai", 'city = "Shanghai"')):
+        spec = {
+            "name": name,
+            "lead_type": name,
+            "trigger": "event add_to_cart",
+            "cooldown": "1 minutes",
+        }
+        rules.create_rule(ws.db, rules.RuleIn(**spec, conditions=conditions, status="live"), None)
+
+    def tag_vip(*persons: int) -> None:
+        """A tag run: ``persons`` (only them) are vip."""
+        values = {"person_key": pa.array(persons, pa.int64()), "value": ["yes"] * len(persons)}
+        tag_store.write_values(ws, "vip", tag_store.start_run(ws.db, "vip"), pa.table(values))
+
+    def live_in(city: str, at: datetime) -> None:
+        traits = {"type": "identify", "anonymousId": "a1", "traits": {"city": city}}
+        send(ws, {**traits, "timestamp": at.isoformat()})
+        run(ws)
+        build_profiles(ws)
+
+    seen: set[int] = set()
+
+    def cart(at: datetime) -> list[str]:
+        """a1 and a2 add to cart at ``at``: the leads a1 gets."""
+        send(ws, ("a1", "add_to_cart", at), ("a2", "add_to_cart", at))
+        run(ws)
+        with ws.db.connect() as conn:
+            rows = list(conn.execute(select(leads).where(leads.c.person_key == p1)))
+        new = sorted(r.lead_type for r in rows if r.id not in seen)
+        seen.update(r.id for r in rows)
+        return new
+
+    send(ws, ("a1", "login", T0), ("a2", "login", T0))
+    run(ws)
+    p1, p2 = person(ws, "a1"), person(ws, "a2")
+    live_in("Beijing", T0)
+    assert cart(T0 + MIN) == []
+    kept = engine.engine_for(ws)
+    state = kept.states[p1]
+
+    tag_vip(p1)
+    live_in("Shanghai", T0 + 2 * MIN)
+    assert cart(T0 + 3 * MIN) == ["shanghai", "tagged"]
+    assert engine.engine_for(ws) is kept and kept.states[p1] is state  # no restart, no reload
+
+    tag_vip(p2)  # a1 loses the tag, then leaves Shanghai
+    assert cart(T0 + 5 * MIN) == ["shanghai"]
+    live_in("Beijing", T0 + 6 * MIN)
+    assert cart(T0 + 8 * MIN) == []

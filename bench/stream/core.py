@@ -43,7 +43,7 @@ from rapport.conditions.model import Duration
 from rapport.leads import live
 from rapport.leads.rules import LeadRule, parse_condition
 from rapport.stream.core import Core
-from rapport.stream.partitions import PersonEvent, decode
+from rapport.stream.partitions import WIRE_BATCH, PersonEvent, decode
 from rapport.stream.state import EventRec
 
 EVENTS = int(os.environ.get("EVENTS", 200_000))
@@ -193,7 +193,8 @@ def props(rng: np.random.Generator, n: int) -> list[bytes]:
 
 
 def messages(seed: int) -> list[bytes]:
-    """EVENTS person events over a day, in time order, as the partitions carry them."""
+    """EVENTS person events over a day, in time order, as the partitions carry them (NATS
+    messages of ``WIRE_BATCH`` events)."""
     rng = np.random.default_rng(seed)
     persons = rng.integers(0, PERSONS, EVENTS)
     names = rng.choice(len(NAMES), EVENTS, p=SHARE)
@@ -202,25 +203,17 @@ def messages(seed: int) -> list[bytes]:
     from msgspec.msgpack import Encoder
 
     encode = Encoder().encode
-    out = []
+    events = []
     body = props(rng, EVENTS)
     for i in range(EVENTS):
         ts = start + step * i
-        out.append(
-            encode(
-                PersonEvent(
-                    i + 1,
-                    int(persons[i]),
-                    ts,
-                    NAMES[names[i]],
-                    uuid.UUID(int=i).hex,
-                    body[i].decode(),
-                    None,
-                    ts,
-                )
+        events.append(
+            PersonEvent(
+                i + 1, int(persons[i]), ts, NAMES[names[i]], uuid.UUID(int=i).hex,
+                body[i].decode(), None, ts,
             )
-        )
-    return out
+        )  # fmt: skip
+    return [encode(events[k : k + WIRE_BATCH]) for k in range(0, EVENTS, WIRE_BATCH)]
 
 
 def identifiers(seed: int) -> list[list[tuple[str, str]]]:
@@ -280,23 +273,23 @@ def throughput() -> None:
         loads, wants, feed = orjson.loads, core.wants, core.feed
         stage1 = Stage1()
         c0, w0 = time.process_time(), time.perf_counter()
-        for i, raw in enumerate(data):
-            e = decode(raw)
-            person = e.person
-            if ids is not None:
-                person = stage1.person(ids[i])
-                if stage1.merges:
-                    core.merge(stage1.merges)
-                    merges += len(stage1.merges)
-                    stage1.merges.clear()
-            if wants(e.event):
-                rec = EventRec(e.ts, e.event, loads(e.props) if e.props else {}, None, e.id)
-                feed(person, rec, e.running)
-            if i % 500 == 499:  # a worker's batch: the timers due, the outputs
-                core.advance(e.running)
-                core.apply_outputs()
-        core.advance(e.running)
-        core.apply_outputs()
+        i = 0
+        for raw in data:  # a NATS message: a worker's batch
+            for e in decode(raw):
+                assert isinstance(e, PersonEvent)
+                person = e.person
+                if ids is not None:
+                    person = stage1.person(ids[i])
+                    if stage1.merges:
+                        core.merge(stage1.merges)
+                        merges += len(stage1.merges)
+                        stage1.merges.clear()
+                i += 1
+                if wants(e.event):
+                    rec = EventRec(e.ts, e.event, loads(e.props) if e.props else {}, None, e.id)
+                    feed(person, rec, e.running)
+            core.advance(e.running)  # the timers due, the outputs
+            core.apply_outputs()
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - w0)
         hits, judged = provider.hits, core.stats.judged
@@ -332,14 +325,20 @@ def publisher(url: str, stream: str, rate: int, seconds: float) -> None:
         i = 0
         while i < n:
             due = min(n, int((time.perf_counter() - t0) * rate))
+            batch = []  # what a follower's pass publishes: the events ready, in one message
             while i < due:
                 now = datetime.now(UTC)
-                m = PersonEvent(
-                    i + 1, int(persons[i]), now, NAMES[names[i]], f"{i + 1:012d}",
-                    body[i].decode(), None, now,
+                batch.append(
+                    PersonEvent(
+                        i + 1, int(persons[i]), now, NAMES[names[i]], f"{i + 1:012d}",
+                        body[i].decode(), None, now,
+                    )
                 )  # fmt: skip
-                await nc.publish(subj, encode(m), headers={"Nats-Msg-Id": f"o{i + 1}"})
                 i += 1
+            for k in range(0, len(batch), WIRE_BATCH):
+                part = batch[k : k + WIRE_BATCH]
+                mid = f"o{part[0].offset}..o{part[-1].offset}"
+                await nc.publish(subj, encode(part), headers={"Nats-Msg-Id": mid})
             await nc.flush()
             await asyncio.sleep(tick)
         await nc.close()
@@ -384,8 +383,8 @@ def latency() -> None:
 
     def apply(self: worker.Partition) -> None:  # the leads of the batch are committed
         orig(self)
-        if not committed or committed[-1][1] != self.seq:
-            committed.append((time.time(), self.seq))
+        if not committed or committed[-1][1] != self.offset:
+            committed.append((time.time(), self.offset))
 
     worker.Partition.apply = apply  # type: ignore[method-assign]
     stop = asyncio.Event()
@@ -426,7 +425,6 @@ def latency() -> None:
             continue  # absences fire on the watermark, not on an event
         last = evidence[-1]
         sent = datetime.fromisoformat(last["ts"]).timestamp()
-        # the message's offset is its stream sequence (one partition, published in order)
         offset = int(last["id"])  # the publisher's event ids are the offsets
         k = bisect.bisect_left(seqs, offset)
         if k < len(committed):

@@ -128,7 +128,7 @@ class StreamRule:
     engine need not judge the rule at all (``None``: judge on every event of interest)."""
 
     predicate: Predicate
-    deadline: _Deadline
+    deadline: _Deadline | None  # None: it never changes with time alone (no timer)
     interest: frozenset[str] | None
     retention: Retention
     accepts: _RecTest | None = None

@@ -117,7 +117,7 @@ class LeadStreamRule:
 
         self.compiled: StreamRule = StreamRule(
             check.predicate if check is not None else _always,
-            deadline,
+            deadline if self.absence else None,  # only an absence matures with time
             interest,
             retention,
             trigger.accepts,  # no match starts, grows or ends on an event it rejects

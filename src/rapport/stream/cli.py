@@ -32,7 +32,7 @@ def _partitions(text: str, total: int) -> list[int]:
 def rules(
     partitions: str = typer.Option(..., "--partitions", help="e.g. 0,1,2 (or all)"),
     nats: str = typer.Option("", "--nats", help="NATS URL (default: setting nats_url)"),
-    batch: int = typer.Option(500, "--batch", min=1, help="messages per partition and batch"),
+    batch: int = typer.Option(8, "--batch", min=1, help="NATS messages per partition and batch"),
 ) -> None:
     """Run the lead rules over these partitions of the persons' events; stop with Ctrl-C."""
     from rapport.stream import worker

@@ -305,7 +305,10 @@ class Core:
 
     # -- timers -------------------------------------------------------------------------------
     def _schedule(self, state: PersonState, key: str, rule: Rule, at: datetime) -> None:
-        when = rule.compiled.deadline(state, at)
+        deadline = rule.compiled.deadline
+        if deadline is None:
+            return
+        when = deadline(state, at)
         slot = (state.person, key)
         if when is None or when <= at:
             self.due.pop(slot, None)

@@ -12,6 +12,10 @@ outputs the rules return, once per chunk of events. This driver owns where thing
   ``Retention``, taken from before the checkpoint so that the chunk's own events are not
   added twice). The warehouse is the durable state: a dropped state is reloaded and gives the
   same answers;
+- a person's profile data (attributes, tags, segments the rules read): loaded with the
+  history, then kept current (``rapport.stream.profiles``): before a pass judges anything,
+  the states whose profile fingerprint moved get their data read again (no one is judged for
+  it: the next event or timer reads it);
 - the idle clock: when the log has been idle for ``stream_idle_seconds``, the watermark
   follows wall-clock minus the lateness (so an absence or a window still ends in a quiet
   hour);
@@ -43,8 +47,7 @@ import ibis
 import orjson
 import pyarrow as pa
 
-from rapport.conditions.reference import cast_attr
-from rapport.stream import core
+from rapport.stream import core, profiles
 from rapport.stream.core import (
     EPOCH,
     Core,
@@ -55,6 +58,7 @@ from rapport.stream.core import (
     horizon_of,
     reads_of,
 )
+from rapport.stream.profiles import load_profile
 from rapport.stream.state import EventRec, PersonState
 
 if TYPE_CHECKING:
@@ -146,11 +150,17 @@ class Engine(Core):
         self.merge_seq = -1
         self.started = False
         self.last_activity = clock()
+        #: the profile fingerprint each state was built with (``profiles``; may name persons
+        #: since dropped: pruned when compared), and when they were last compared
+        self.fps: dict[int, int] = {}
+        self.profile_stamp: tuple[Any, ...] = ()
+        self.profile_checked = float("-inf")
 
     def refresh_rules(self) -> bool:
         changed = super().refresh_rules()
         if changed:
             self.started = False
+            self.fps = {}  # the states are gone
         return changed
 
     # -- a pass -------------------------------------------------------------------------------
@@ -189,6 +199,7 @@ class Engine(Core):
             return self.stats
         for provider in self.providers:
             provider.begin(self.ws)
+        self._refresh_profiles()
         if not self.started:
             self._restore_timers()
         if merges:
@@ -311,13 +322,41 @@ class Engine(Core):
             self.merge_seq = int(seq)
 
     # -- person states from the warehouse -----------------------------------------------------
+    def _refresh_profiles(self) -> None:
+        """Before a pass judges anything: replace the attributes, tags and segments of the
+        states whose profile fingerprint moved since they were built (when the ``stamp`` moved,
+        and every ``PROFILE_SECONDS``). Judges no one: the next event or timer reads the new
+        data. Events and memos stay: the memos (sequence automata, a leaf's matching events)
+        hold events only; attribute, tag and segment leaves read the state at every judgement."""
+        reads = self.reads
+        if not self.states or not profiles.reads_profile(reads):
+            return
+        now = self.clock()
+        with self.ws.warehouse.connect() as con:
+            mark = profiles.stamp(self.ws, con, reads)
+            if mark == self.profile_stamp and now - self.profile_checked < profiles.PROFILE_SECONDS:
+                return
+            held = {p: self.fps.get(p, 0) for p in self.states}
+            moved = profiles.changed(con, reads, profiles.fingerprint_table(held))
+            if moved:
+                fresh = {p: PersonState(p) for p in moved}
+                load_profile(self.ws, con, profiles.people(moved), fresh, reads)
+                for p, new in fresh.items():
+                    state = self.states[p]
+                    state.attrs, state.tags, state.segments = new.attrs, new.tags, new.segments
+                held.update(moved)
+        self.fps = held
+        self.profile_stamp, self.profile_checked = mark, now
+        if moved:
+            log.debug("stream: new profile data for %d persons in memory", len(moved))
+
     def _history(self, persons: set[int], ref: datetime) -> dict[int, PersonState]:
         """The states of ``persons`` from the warehouse: their events of interest up to the
         checkpoint (and imported ones), from what the rules need at ``ref`` or later."""
         keys = sorted(persons)
         states = {k: PersonState(k) for k in keys}
         with self.ws.warehouse.connect() as con:
-            people = ibis.memtable(pa.table({"person_key": pa.array(keys, pa.int64())}))
+            people = profiles.people(keys)
             if self.names != []:
                 ev = con.table("events")
                 q = ev.filter((ev.log_offset <= self.offset) | ev.log_offset.isnull())
@@ -332,8 +371,16 @@ class Engine(Core):
                 )
                 for p, rec in event_records(t.to_pyarrow(), self.reads.items):
                     states[p].events.append(rec)
-            self._profile(con, people, states)
+            if profiles.reads_profile(self.reads):  # the fingerprints first: see ``profiles``
+                self.fps.update(dict.fromkeys(keys, 0))
+                self.fps.update(profiles.fingerprints(con, self.reads, persons))
+                load_profile(self.ws, con, people, states, self.reads)
         return states
+
+    def evict(self) -> None:
+        super().evict()
+        if len(self.fps) > 2 * self.max_persons:  # dropped states' fingerprints
+            self.fps = {p: self.fps.get(p, 0) for p in self.states}
 
     def _floor(self, ref: datetime) -> datetime | None:
         r = self.retention
@@ -341,9 +388,6 @@ class Engine(Core):
             return None
         floor = ref - r.lookback
         return floor if r.since is None else min(floor, r.since)
-
-    def _profile(self, con: Backend, people: Any, states: dict[int, PersonState]) -> None:
-        load_profile(self.ws, con, people, states, self.reads)
 
     def _fetch(self, con: Backend, lo: int, hi: int) -> tuple[_Batch, datetime | None]:
         """The events of offsets ``(lo, hi]`` that some rule reads, in log order, each with
@@ -379,40 +423,6 @@ def ready_until(ws: Workspace, con: Backend, after: int) -> int:
     waiting = ev.filter(ev.log_offset > after, ev.person_key.isnull()).log_offset.min()
     first = waiting.to_pyarrow().as_py()
     return loaded if first is None else min(loaded, int(first) - 1)
-
-
-def load_profile(
-    ws: Workspace, con: Backend, people: Any, states: dict[int, PersonState], reads: Reads
-) -> None:
-    """Fill ``states`` (of the persons in ``people``) with the attributes, tags and segments
-    ``reads`` names."""
-    if reads.attrs and "profiles" in con.list_tables():
-        from rapport.catalog import current_plan
-
-        types = dict(current_plan(ws.db).user_properties())
-        profiles = con.table("profiles")
-        have = set(profiles.columns)
-        # a property whose name clashes with a fixed column is stored as prop_<name>
-        cols = {a: a if a in have else f"prop_{a}" for a in reads.attrs}
-        cols = {a: c for a, c in cols.items() if c in have and c != "person_key"}
-        if cols:
-            p = profiles.join(people, "person_key")
-            rows = p.select("person_key", *cols.values()).to_pyarrow().to_pylist()
-            for row in rows:
-                state = states[row["person_key"]]
-                for a, c in cols.items():
-                    state.attrs[a] = cast_attr(row[c], types.get(a, "string"))
-    if reads.tags:
-        tv = con.table("tag_values")
-        tv = tv.filter(tv.tag.isin(sorted(reads.tags))).join(people, "person_key")
-        for row in tv.select("person_key", "tag", "value").to_pyarrow().to_pylist():
-            states[row["person_key"]].tags.setdefault(row["tag"], set()).add(row["value"])
-    if reads.segments:
-        sm = con.table("segment_members")
-        sm = sm.filter(sm.segment.isin(sorted(reads.segments))).join(people, "person_key")
-        for row in sm.select("person_key", "segment", "bucket").to_pyarrow().to_pylist():
-            buckets = states[row["person_key"]].segments.setdefault(row["segment"], set())
-            buckets.add(row["bucket"])
 
 
 def event_records(rows: pa.Table, items: bool) -> Iterator[tuple[int, EventRec]]:

@@ -45,10 +45,9 @@ from typing import TYPE_CHECKING, Any
 import ibis
 import msgspec
 import pyarrow as pa
-from sqlalchemy import func, select
 
 from rapport.log import nats as natslog
-from rapport.stream import core
+from rapport.stream import core, profiles
 from rapport.stream.core import Core, Reads
 from rapport.stream.state import PersonState
 
@@ -66,9 +65,6 @@ ROUND_KEY = "nats_profile_round"
 FINGERPRINTS = "nats_profiles"
 #: log offsets published per round (one warehouse query and one ack wait each)
 CHUNK = 20_000
-#: the profile data is compared with what was published at least this often (a change that
-#: moves none of ``_stamp``'s signals, e.g. a live audience swapping members within a minute)
-PROFILE_SECONDS = 10.0
 
 
 class PersonEvent(msgspec.Struct, array_like=True, frozen=True, tag="e"):
@@ -121,8 +117,13 @@ class Drop(msgspec.Struct, array_like=True, frozen=True, tag="d"):
 
 Message = PersonEvent | Profile | Merge | Drop
 
+#: messages per NATS message: the client's cost per NATS message (parsing, acks, the
+#: consumer's bookkeeping) is paid once for this many events
+WIRE_BATCH = 256
+
 _encode = msgspec.msgpack.Encoder().encode
-decode = msgspec.msgpack.Decoder(Message).decode
+#: a NATS message of a partition: its messages, in order
+decode = msgspec.msgpack.Decoder(list[Message]).decode
 
 #: an outgoing message: (partition key = person, message id, message)
 _Out = tuple[int, str, Message]
@@ -191,33 +192,11 @@ def forget() -> None:
     _PUBLISHERS.clear()
 
 
-def _stamp(ws: Workspace, con: Backend, reads: Reads) -> tuple[Any, ...]:
-    """Cheap: moves when a tag run ends, the profiles are rebuilt, a segment's size is
-    recorded or the rules read other data (the fingerprints are compared then)."""
-    from rapport.db.tables import tag_runs
-
-    stamp: list[Any] = [reads]
-    if reads.tags:
-        q = select(func.count(), func.max(tag_runs.c.id), func.max(tag_runs.c.finished_at))
-        with ws.db.connect() as conn:
-            stamp.append(tuple(conn.execute(q).one()))
-    if reads.segments:
-        t = con.table("segment_sizes")
-        stamp.append(_row(t.aggregate(n=t.count(), at=t["at"].max(), size=t["size"].sum())))
-    if _attr_columns(con, reads):
-        t = con.table("profiles")
-        stamp.append(_row(t.aggregate(n=t.count(), at=t.updated_at.max())))
-    return tuple(stamp)
-
-
-def _row(expr: Any) -> tuple[Any, ...]:
-    return tuple(expr.to_pyarrow().to_pylist()[0].values())
-
-
 # -- one round: merges and profile changes ------------------------------------------------------
 def _round(ws: Workspace, con: Backend, pub: _Publisher, done: int) -> None:
     """Publish the merges and the profile changes since the last round, then checkpoint.
-    The fingerprints are compared when ``_stamp`` moved, and every ``PROFILE_SECONDS``."""
+    The fingerprints are compared when ``profiles.stamp`` moved, and every
+    ``profiles.PROFILE_SECONDS``."""
     wh, rules = ws.warehouse, pub.rules
     seq = wh.get_state(con, MERGE_KEY)
     if seq is None:  # a first start: what was merged before is in the events published
@@ -229,11 +208,11 @@ def _round(ws: Workspace, con: Backend, pub: _Publisher, done: int) -> None:
     survivor_of = {merged: survivor for _, survivor, merged in merges}
     gone = set(survivor_of)
     survivors = {_final(survivor_of, s) for _, s, _ in merges}
-    stamp, now = _stamp(ws, con, rules.reads), time.monotonic()
-    compare = stamp != pub.stamp or now - pub.checked >= PROFILE_SECONDS
-    changed = _changed(con, rules.reads) if compare else {}
+    stamp, now = profiles.stamp(ws, con, rules.reads), time.monotonic()
+    compare = stamp != pub.stamp or now - pub.checked >= profiles.PROFILE_SECONDS
+    changed = profiles.changed(con, rules.reads, con.table(FINGERPRINTS)) if compare else {}
     persons = (survivors | set(changed)) - gone
-    fps = changed | _fingerprints(con, rules.reads, survivors)
+    fps = changed | profiles.fingerprints(con, rules.reads, survivors)
     if persons or merges:
         _send_round(ws, con, pub.rules, done, merges, survivor_of, persons, fps)
     if compare:  # only once what it found is published
@@ -254,18 +233,18 @@ def _send_round(
     wh, gone = ws.warehouse, set(survivor_of)
     survivors = {_final(survivor_of, s) for _, s, _ in merges}
     n = int(wh.get_state(con, ROUND_KEY) or 0)
-    profiles = _profiles(ws, con, persons, rules.reads)
+    found = _profiles(ws, con, persons, rules.reads)
     history = _history(ws, con, rules, survivors, done)
     out: list[_Out] = []
     parts = ws.settings.stream_partitions
     for s, away, top in _groups(merges, survivor_of, survivors):
         events = history.get(s, [])
-        out.append((s, f"m{top}.{s}", Merge(top, away, profiles[s], events)))
+        out.append((s, f"m{top}.{s}", Merge(top, away, found[s], events)))
     for where, _, a in merges:
         if natslog.partition_of(a, parts) != natslog.partition_of(_final(survivor_of, a), parts):
             out.append((a, f"d{where}.{a}", Drop(where, a)))
     for p in sorted(persons - survivors):
-        out.append((p, f"p{n}.{p}.{fps.get(p, 0)}", profiles[p]))
+        out.append((p, f"p{n}.{p}.{fps.get(p, 0)}", found[p]))
     asyncio.run(_publish(ws, out, None))
     with wh.transaction(con):
         _store_fingerprints(con, {p: fps.get(p, 0) for p in persons}, gone)
@@ -326,7 +305,7 @@ def _history(
     floor = _floor(ws, con, rules, done)
     if floor is not None:
         q = q.filter(q.ts >= floor)
-    q = q.join(_people(persons), "person_key")
+    q = q.join(profiles.people(persons), "person_key")
     t = event_columns(con, q, rules.reads.items).order_by(["person_key", "ts", "log_offset"])
     out: dict[int, list[Past]] = {}
     rows = t.to_pyarrow()
@@ -352,84 +331,9 @@ def _floor(ws: Workspace, con: Backend, rules: Core, done: int) -> datetime | No
 
 
 # -- profiles and their fingerprints ------------------------------------------------------------
-def _people(persons: Iterable[int]) -> Any:
-    keys = sorted(persons)
-    return ibis.memtable(pa.table({"person_key": pa.array(keys, pa.int64())}))
-
-
 def _ensure_fingerprints(con: Backend) -> None:
     if FINGERPRINTS not in con.list_tables():
         con.create_table(FINGERPRINTS, schema=ibis.schema({"person_key": "int64", "fp": "int64"}))
-
-
-def _hashes(con: Backend, reads: Reads) -> Any | None:
-    """(person_key, h): one hash per attribute set, tag value and segment bucket the rules
-    read (None: they read none)."""
-    parts = []
-    sep = "\u241f"  # a separator that names and values do not hold
-    if reads.tags:
-        tv = con.table("tag_values")
-        tv = tv.filter(tv.tag.isin(sorted(reads.tags)))
-        parts.append(tv.select("person_key", h=ibis.literal("t").concat(tv.tag, sep, tv.value)))
-    if reads.segments:
-        sm = con.table("segment_members")
-        sm = sm.filter(sm.segment.isin(sorted(reads.segments)))
-        bucket = sm.bucket.fill_null("\u2400")
-        parts.append(sm.select("person_key", h=ibis.literal("s").concat(sm.segment, sep, bucket)))
-    cols = _attr_columns(con, reads)
-    if cols:
-        pr = con.table("profiles")
-        values = [
-            ibis.literal(f"{sep}{a}=").concat(pr[c].cast("string").fill_null("\u2400"))
-            for a, c in sorted(cols.items())
-        ]
-        parts.append(pr.select("person_key", h=ibis.literal("a").concat(*values)))
-    if not parts:
-        return None
-    u = ibis.union(*parts, distinct=False)
-    return u.select("person_key", h=u.h.hash())
-
-
-def _attr_columns(con: Backend, reads: Reads) -> dict[str, str]:
-    """Attribute -> its ``profiles`` column (as ``engine.load_profile`` reads it)."""
-    if not reads.attrs or "profiles" not in con.list_tables():
-        return {}
-    have = set(con.table("profiles").columns)
-    cols = {a: a if a in have else f"prop_{a}" for a in reads.attrs}
-    return {a: c for a, c in cols.items() if c in have and c != "person_key"}
-
-
-def _current(con: Backend, reads: Reads, people: Any) -> Any | None:
-    """(person_key, fp) of ``people`` with any profile data the rules read."""
-    h = _hashes(con, reads)
-    if h is None:
-        return None
-    h = h.join(people, "person_key")
-    return h.group_by("person_key").agg(fp=h.h.bit_xor())
-
-
-def _fingerprints(con: Backend, reads: Reads, persons: set[int]) -> dict[int, int]:
-    if not persons:
-        return {}
-    cur = _current(con, reads, _people(persons))
-    if cur is None:
-        return {}
-    t = cur.to_pyarrow()
-    return dict(zip(t["person_key"].to_pylist(), t["fp"].to_pylist(), strict=True))
-
-
-def _changed(con: Backend, reads: Reads) -> dict[int, int]:
-    """Persons published before whose fingerprint changed: their new one (0: no data)."""
-    known = con.table(FINGERPRINTS)
-    cur = _current(con, reads, known.select("person_key"))
-    if cur is None:
-        q = known.filter(known.fp != 0).select("person_key", new=ibis.literal(0, "int64"))
-    else:
-        j = known.left_join(cur, known.person_key == cur.person_key)
-        q = j.select(known.person_key, old=known.fp, new=cur.fp.fill_null(0))
-        q = q.filter(q.old != q.new)
-    t = q.to_pyarrow()
-    return dict(zip(t["person_key"].to_pylist(), t["new"].to_pylist(), strict=True))
 
 
 def _store_fingerprints(con: Backend, fps: dict[int, int], gone: Iterable[int] = ()) -> None:
@@ -454,7 +358,7 @@ def _profiles(ws: Workspace, con: Backend, persons: set[int], reads: Reads) -> d
     if not persons:
         return {}
     states = {p: PersonState(p) for p in persons}
-    load_profile(ws, con, _people(persons), states, reads)
+    load_profile(ws, con, profiles.people(persons), states, reads)
     return {
         p: Profile(
             p,
@@ -485,11 +389,11 @@ def _chunk(ws: Workspace, con: Backend, rules: Core, done: int, upto: int) -> in
         .to_pylist()
     )
     seen = {r["person_key"] for r in rows}
-    known = con.table(FINGERPRINTS).join(_people(seen), "person_key")
+    known = con.table(FINGERPRINTS).join(profiles.people(seen), "person_key")
     new = seen - set(known.person_key.to_pyarrow().to_pylist())
-    fps = _fingerprints(con, rules.reads, new)
-    profiles = _profiles(ws, con, set(fps), rules.reads)
-    out: list[_Out] = [(p, f"q{upto}.{p}.{fp}", profiles[p]) for p, fp in sorted(fps.items()) if fp]
+    fps = profiles.fingerprints(con, rules.reads, new)
+    found = _profiles(ws, con, set(fps), rules.reads)
+    out: list[_Out] = [(p, f"q{upto}.{p}.{fp}", found[p]) for p, fp in sorted(fps.items()) if fp]
     out += [
         (
             r["person_key"],
@@ -525,14 +429,28 @@ async def _publish(ws: Workspace, out: list[_Out], tick: tuple[int, datetime] | 
     nc, js = await natslog.connect(s.nats_url)
     try:
         await natslog.ensure_stream(js, s)
-        wire = [
-            (natslog.subject(s.nats_stream, natslog.partition_of(p, n)), mid, _encode(m))
-            for p, mid, m in out
-        ]
+        parts: dict[int, list[tuple[str, Message]]] = {}
+        for p, mid, m in out:
+            parts.setdefault(natslog.partition_of(p, n), []).append((mid, m))
         if tick is not None:
             upto, top = tick
-            t = _encode(PersonEvent(upto, -1, top, "", None, None, None, top))
-            wire += [(natslog.subject(s.nats_stream, p), f"t{upto}.{p}", t) for p in range(n)]
-        await natslog.publish(js, wire)
+            t = PersonEvent(upto, -1, top, "", None, None, None, top)
+            for p in range(n):
+                parts.setdefault(p, []).append((f"t{upto}.{p}", t))
+        await natslog.publish(js, wire(s.nats_stream, parts))
     finally:
         await nc.close()
+
+
+def wire(stream: str, parts: dict[int, list[tuple[str, Message]]]) -> list[tuple[str, str, bytes]]:
+    """Each partition's ``(message id, message)`` list, in order, as NATS messages of up to
+    ``WIRE_BATCH``: a batch's id names its first and last message, so the same list published
+    again is dropped by JetStream; a worker also skips events it has fed (by log offset)."""
+    out = []
+    for p, msgs in parts.items():
+        subj = natslog.subject(stream, p)
+        for i in range(0, len(msgs), WIRE_BATCH):
+            batch = msgs[i : i + WIRE_BATCH]
+            mid = batch[0][0] if len(batch) == 1 else f"{batch[0][0]}..{batch[-1][0]}"
+            out.append((subj, mid, _encode([m for _, m in batch])))
+    return out

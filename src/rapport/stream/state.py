@@ -16,17 +16,21 @@ from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
+import msgspec
+
 _ts = attrgetter("ts")
 
 
-@dataclass(slots=True)
-class EventRec:
+class EventRec(msgspec.Struct, array_like=True, gc=False):
     """One event of the person: ``item`` is the properties of the item its ``item_id`` names;
-    ``id`` is the warehouse's ``event_id`` (what a lead cites as evidence and dedupes on)."""
+    ``id`` is the warehouse's ``event_id`` (what a lead cites as evidence and dedupes on).
+
+    A msgspec struct: a worker's checkpoint encodes the states' events as they are, and the
+    garbage collector does not walk them (they hold no cycles)."""
 
     ts: datetime
     event: str
-    props: dict[str, Any] = field(default_factory=dict)
+    props: dict[str, Any] = msgspec.field(default_factory=dict)
     item: dict[str, Any] | None = None
     id: str | None = None
 

@@ -8,12 +8,18 @@ consumer, a rule core fed with the partition's messages in order, and a checkpoi
 1. feed the core (events of interest; every message moves the watermark);
 2. apply the providers' outputs — leads through ``fire``, in one metadata-DB transaction;
 
-and, at most every ``CHECKPOINT_SECONDS`` (it rewrites every state) and on stopping:
+and, at most every ``CHECKPOINT_SECONDS`` and on stopping:
 
-3. write the checkpoint: the stream sequence of the last message fed, the watermark, every
-   person state (events within the rules' retention, typed attributes, tags, segments) and the
-   timers (msgpack, written to a temporary file, fsynced, renamed over the old one);
-4. ack (``AckPolicy.ALL``: the last message acks all before it).
+3. write the checkpoint: the stream sequence of the last message fed, the last log offset fed,
+   the watermark, every person state (events within the rules' retention, typed attributes,
+   tags, segments) and the timers (msgpack, written to a temporary file, fsynced, renamed over
+   the old one) — by a forked child, from a copy-on-write image of the states, so the
+   partition goes on feeding while it is written (a worker must not stall for it: leads wait);
+4. once the child has exited cleanly, ack (``AckPolicy.ALL``: the last message acks all
+   before it).
+
+A NATS message holds up to ``partitions.WIRE_BATCH`` messages of the partition; an event at or
+below the last log offset fed (a batch published again after the publisher crashed) is skipped.
 
 A worker killed anywhere in this loop restarts from its checkpoint: the consumer is made anew
 to deliver the messages after the checkpoint's sequence, so the batches whose outputs were
@@ -36,6 +42,7 @@ evicted. Besides events, a partition carries (``rapport.stream.partitions``):
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -62,27 +69,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: messages fetched per partition and batch (one apply per batch)
-BATCH = 500
-#: at most one checkpoint per partition this often (it rewrites every state): leads are
+#: NATS messages fetched per partition and batch (one apply per batch): each holds up to
+#: ``partitions.WIRE_BATCH`` events, and a lead waits for its whole batch, so keep it short
+BATCH = 8
+#: at most one checkpoint per partition this often (a child rewrites every state): leads are
 #: applied per batch all the same; a restart re-reads at most this much, deduped by ``fire``
-CHECKPOINT_SECONDS = 1.0
+CHECKPOINT_SECONDS = 5.0
+#: the collector's thresholds in a worker (Python's are 700, 10, 10)
+GC_THRESHOLDS = (100_000, 50, 100)
 #: how often the rules' versions are checked (a query of the metadata DB)
 RULES_SECONDS = 1.0
 
 
 # -- the checkpoint -----------------------------------------------------------------------------
-class _Event(msgspec.Struct, array_like=True):
-    ts: datetime
-    event: str
-    props: dict[str, Any]
-    item: dict[str, Any] | None
-    id: str | None
-
-
 class _Person(msgspec.Struct, array_like=True):
     person: int
-    events: list[_Event]
+    events: list[EventRec]
     attrs: dict[str, Any]
     tags: dict[str, list[str]]
     segments: dict[str, list[str | None]]
@@ -96,6 +98,7 @@ class Checkpoint(msgspec.Struct):
     rules: str  # the providers' versions the timers were computed for
     persons: list[_Person]
     timers: list[tuple[datetime, int, str]]
+    offset: int = 0  # the last log offset fed
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -144,13 +147,15 @@ class Partition:
         )
         self.core.keep_states = True
         self.seq = 0
+        self.offset = 0  # the last log offset fed
         self.top = EPOCH  # the latest event time seen
         self.quiet_since = time.monotonic()
         self.saved_at = time.monotonic()
         self.rules_checked = time.monotonic()
-        #: persons fed since the last checkpoint, and the checkpoint's form of every person
+        #: persons fed since the last checkpoint
         self.dirty: set[int] = set()
-        self.snap: dict[int, _Person] = {}
+        #: the checkpoint being written: the child's pid, the message to ack when it is done
+        self.writing: tuple[int, Msg | None] | None = None
         #: survivors' states from ``Merge`` messages, for the core's loader to take
         self.merged: dict[int, PersonState] = {}
 
@@ -166,7 +171,7 @@ class Partition:
         ckpt = read_checkpoint(self.path)
         if ckpt is None:
             return
-        self.seq = ckpt.seq
+        self.seq, self.offset = ckpt.seq, ckpt.offset
         c.watermark = self.top = ckpt.watermark
         for p in ckpt.persons:
             state = PersonState(
@@ -174,10 +179,9 @@ class Partition:
                 attrs=p.attrs,
                 tags={k: set(v) for k, v in p.tags.items()},
                 segments={k: set(v) for k, v in p.segments.items()},
-                events=[EventRec(e.ts, e.event, e.props, e.item, e.id) for e in p.events],
+                events=p.events,
             )
             c.states[p.person] = state
-            self.snap[p.person] = p
         if ckpt.rules == repr(c.versions):
             for when, person, key in ckpt.timers:
                 c.due[(person, key)] = when
@@ -196,16 +200,19 @@ class Partition:
                 c.restore(list(c.states))
         lateness = c.lateness
         for m in msgs:
-            e = decode(m.data)
-            if type(e) is not PersonEvent:
-                c.advance(self.top - lateness)  # as the embedded engine ended its last pass
-                self.control(e)
-                continue
-            if e.running > self.top:
-                self.top = e.running
-            if e.person >= 0 and c.wants(e.event):
-                c.feed(e.person, _record(e), e.running)
-                self.dirty.add(e.person)
+            for e in decode(m.data):
+                if not isinstance(e, PersonEvent):
+                    c.advance(self.top - lateness)  # as the embedded engine ended its pass
+                    self.control(e)
+                    continue
+                if e.offset <= self.offset:
+                    continue  # fed already: published again
+                self.offset = e.offset
+                if e.running > self.top:
+                    self.top = e.running
+                if e.person >= 0 and c.wants(e.event):
+                    c.feed(e.person, _record(e), e.running)
+                    self.dirty.add(e.person)
         c.advance(self.top - lateness)
         self.seq = msgs[-1].metadata.sequence.stream
         self.quiet_since = time.monotonic()
@@ -267,9 +274,38 @@ class Partition:
         _write(self.path, _encode(self.snapshot()))
         self.saved_at = time.monotonic()
 
+    def checkpoint_behind(self, last: Msg | None) -> None:
+        """``checkpoint`` in a forked child (``last`` is acked by ``written`` when it is done)."""
+        self.drop_empty()
+        pid = os.fork()
+        if pid == 0:  # the child: write, then leave without running anything of the parent's
+            code = 1
+            try:
+                os.nice(10)  # the partition's work comes first
+                _write(self.path, _encode(self.snapshot()))
+                code = 0
+            finally:
+                os._exit(code)
+        self.writing = (pid, last)
+        self.saved_at = time.monotonic()
+
+    def written(self, wait: bool = False) -> Msg | None:
+        """The message to ack once the child writing the checkpoint has exited (None: still
+        writing, or nothing to ack); a child that failed stops the worker: nothing is acked."""
+        assert self.writing is not None
+        pid, last = self.writing
+        done, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
+        if not done:
+            return None
+        self.writing = None
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"writing the checkpoint of partition {self.number} failed")
+        return last
+
     def drop_empty(self) -> None:
         """A state with nothing left (all events past the retention) is what the loader gives
-        a new person: drop it, so that memory and the checkpoint hold only live history."""
+        a new person: drop it, so that memory and the checkpoint hold only live history (of
+        the persons fed since the last checkpoint)."""
         c = self.core
         timed = {person for person, _ in c.due}
         for p in self.dirty:
@@ -277,26 +313,22 @@ class Partition:
             empty = s is not None and not (s.events or s.attrs or s.tags or s.segments)
             if empty and p not in timed:
                 del c.states[p]
+        self.dirty = set()
 
     def snapshot(self) -> Checkpoint:
-        """The checkpoint; only the persons fed since the last one are converted again."""
         c = self.core
-        snap = self.snap
-        for p in self.dirty:
-            s = c.states.get(p)
-            if s is None:
-                snap.pop(p, None)
-                continue
-            snap[p] = _Person(
+        persons = [
+            _Person(
                 s.person,
-                [_Event(e.ts, e.event, e.props, e.item, e.id) for e in s.events],
+                s.events,
                 s.attrs,
                 {k: sorted(v) for k, v in s.tags.items()},
                 {k: list(v) for k, v in s.segments.items()},
             )
-        self.dirty = set()
+            for s in c.states.values()
+        ]
         timers = [(when, person, key) for (person, key), when in c.due.items()]
-        return Checkpoint(self.seq, c.watermark, repr(c.versions), list(snap.values()), timers)
+        return Checkpoint(self.seq, c.watermark, repr(c.versions), persons, timers, self.offset)
 
 
 def _record(e: PersonEvent | Past) -> EventRec:
@@ -339,6 +371,10 @@ async def run(
             sub = await natslog.open_partition(js, s, p, part.seq)
             parts.append((part, sub))
         log.info("worker: partitions %s from sequences %s", partitions, [x.seq for x, _ in parts])
+        # a full collection walks every state (hundreds of ms: a lead waits that long): keep
+        # what the checkpoint loaded out of it and collect the young less often
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         unacked: dict[int, Msg | None] = {}  # partitions fed since their checkpoint
         while not stop.is_set():
             busy = False
@@ -354,19 +390,23 @@ async def run(
                 elif part.idle(time.monotonic()):
                     unacked.setdefault(part.number, None)
                 part.apply()
-                if part.number in unacked and time.monotonic() - part.saved_at >= every:
-                    await _save(part, unacked.pop(part.number))
+                if part.writing is not None:
+                    await _ack(part.written())
+                elif part.number in unacked and time.monotonic() - part.saved_at >= every:
+                    part.checkpoint_behind(unacked.pop(part.number))
             if not busy:
                 await asyncio.sleep(0.02)
         for part, _ in parts:  # stopping: nothing fed is left out of a checkpoint
+            if part.writing is not None:
+                await _ack(part.written(wait=True))
             if part.number in unacked:
-                await _save(part, unacked.pop(part.number))
+                part.checkpoint()
+                await _ack(unacked.pop(part.number))
     finally:
         await nc.close()
 
 
-async def _save(part: Partition, last: Msg | None) -> None:
-    part.checkpoint()
+async def _ack(last: Msg | None) -> None:
     if last is not None:
         await last.ack()  # AckPolicy.ALL: every message up to it
 
