@@ -271,7 +271,8 @@ class Core:
             state = states[person]
         states.move_to_end(person)  # least recently used first
         state.add(rec)
-        at = max(rec.ts, self.watermark, state.events[-1].ts)
+        last = state.events[-1].ts  # not before ``rec``'s
+        at = last if last > self.watermark else self.watermark
         routes = self.routes.get(rec.event)
         if routes is None:
             routes = self.routes[rec.event] = self._routes(rec.event)
