@@ -17,7 +17,7 @@ from rapport.accounts import Role
 from rapport.catalog import import_plan
 from rapport.settings import Settings, load_settings
 from rapport.tags import rollups, store
-from rapport.tags.compute import compute_all, compute_tag
+from rapport.tags.compute import compute_all, compute_tag, compute_tags
 from rapport.tags.definitions import TagError, TagIn, TagPatch, create_tag, update_tag
 from rapport.warehouse import layout
 from rapport.workspace import Workspace
@@ -350,6 +350,66 @@ def test_statistical_tag_is_incremental(workspace):
     )
     assert compute_tag(workspace, "orders_30d", AS_OF)["incremental"] is False
     assert values(workspace, "orders_30d") == {1: "3", 2: "2"}
+
+
+def held(ws: Workspace, name: str) -> list[tuple[int, str, bool]]:
+    """The tag's history: (person, value, still held), sorted."""
+    with ws.warehouse.connect() as con:
+        h = con.table("tag_history")
+        rows = h.filter(h.tag == name).to_pyarrow().to_pylist()
+    return sorted((r["person_key"], r["value"], r["to_run"] is None) for r in rows)
+
+
+def test_compute_tags_together_writes_what_each_alone_writes(workspace):
+    """Tags computed in one pass (the rollup-based ones share one query, diff and write) get
+    the values, history and run report each gets computed on its own, full and incremental;
+    a broken definition fails its own run only."""
+    orders(workspace)
+    write_events(workspace, [(3, "view_product", {"price": 20}, days_ago(40))])
+    bands = [{"label": "1", "max": 2}, {"label": "2+", "min": 2}]
+    defs: dict[str, dict[str, Any]] = {
+        "orders_30d": {"event": "order_paid", "window_days": 30, "bands": bands},
+        "spend_90d": {"event": "order_paid", "agg": "sum", "property": "amount", "window_days": 90},
+        "avg_order": {"event": "order_paid", "agg": "avg", "property": "amount"},
+        "views_7d": {"event": "view_product", "window_days": 7},
+        "view_price_90d": {
+            "event": "view_product",
+            "agg": "sum",
+            "property": "price",
+            "window_days": 90,
+        },
+        "max_order": {"event": "order_paid", "agg": "max", "property": "amount"},  # events
+    }
+    for name, d in defs.items():
+        for copy in ("together", "alone"):
+            tag(workspace, f"{name}_{copy}", "statistical", d)
+    compared = ("rows", "persons", "distribution", "incremental", "persons_recomputed")
+    for at in (AS_OF, AS_OF + timedelta(days=35)):
+        together = compute_tags(workspace, [f"{n}_together" for n in defs], at)
+        for name, report in zip(defs, together, strict=True):
+            alone = compute_tag(workspace, f"{name}_alone", at)
+            assert [report.get(k) for k in compared] == [alone.get(k) for k in compared], name
+            assert values(workspace, f"{name}_together") == values(workspace, f"{name}_alone")
+            assert held(workspace, f"{name}_together") == held(workspace, f"{name}_alone")
+        if at == AS_OF:
+            assert values(workspace, "orders_30d_together") == {1: "2+"}
+            assert values(workspace, "spend_90d_together") == {1: "450", 2: "10"}
+            assert values(workspace, "view_price_90d_together") == {3: "20"}
+            write_events(workspace, [(2, "order_paid", {"amount": 7}, at + timedelta(days=30))])
+    assert [r["incremental"] for r in together[:5]] == [True] * 5
+    assert values(workspace, "orders_30d_together") == {2: "1"}
+    assert held(workspace, "spend_90d_together") == [
+        (1, "450", False),
+        (1, "5400", True),
+        (2, "10", False),
+        (2, "17", True),
+    ]
+    tag(workspace, "bad", "statistical", {"event": "order_paid", "agg": "sum", "property": "x"})
+    with pytest.raises(TagError, match="`x`"):
+        compute_tags(workspace, ["orders_30d_together", "bad"], AS_OF, full=True)
+    assert store.runs(workspace.db, "bad")[0]["status"] == "failed"
+    assert store.runs(workspace.db, "orders_30d_together")[0]["status"] == "done"
+    assert values(workspace, "orders_30d_together") == {1: "2+"}
 
 
 def test_unknown_numeric_property_is_named(workspace):

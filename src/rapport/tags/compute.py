@@ -1,7 +1,8 @@
 """Computing attribute, statistical and rule tags (mined tags: ``rapport.tags.mined``).
 
 Every computation is one Ibis expression over the warehouse, written through ``store``
-(values, run, history). Evaluation is at an explicit ``as_of`` (default: now, UTC).
+(values, run, history); the rollup-based statistical tags of one ``compute_tags`` call share
+one (``rollup_tags``). Evaluation is at an explicit ``as_of`` (default: now, UTC).
 
 - attribute: the merged profile (``profiles``) value, transformed (age from a messy birthday,
   a map, bands). Always recomputed in full (one pass over ``profiles``).
@@ -25,7 +26,7 @@ import ibis
 import ibis.expr.types as ir
 
 from rapport.identity.survivorship import iso_date
-from rapport.tags import rollups, store
+from rapport.tags import rollup_tags, rollups, store
 from rapport.tags.definitions import (
     AttributeDef,
     Band,
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
     from rapport.workspace import Workspace
 
-ROLLUP_AGGS = ("count", "sum", "avg")
 _SCOPE = "__tag_compute_scope"
 
 
@@ -86,7 +86,7 @@ def age_on(birth: ir.DateValue, day: date) -> ir.IntegerValue:
     return ibis.literal(day.year) - birth.year() - ibis.ifelse(before_birthday, 1, 0)
 
 
-def _values(table: ir.Table, value: ir.Value) -> ir.Table:
+def value_rows(table: ir.Table, value: ir.Value) -> ir.Table:
     out = table.select(person_key=table.person_key.cast("int64"), value=value.cast("string"))
     return out.filter(out.value.notnull() & (out.value != "") & (out.person_key >= 0))
 
@@ -133,7 +133,7 @@ def attribute_values(con: Backend, d: AttributeDef, as_of: datetime) -> ir.Table
         value = number_text(t.v)
     else:
         value = t.v
-    return _values(t, value)
+    return value_rows(t, value)
 
 
 # -- statistical ---------------------------------------------------------------------------------
@@ -153,29 +153,7 @@ def _prop_value(events: ir.Table, prop: str, numeric: bool) -> ir.Value:
 
 def _finish_stat(grouped: ir.Table, measure: ir.Value, d: StatisticalDef) -> ir.Table:
     value = banded(measure, d.bands) if d.bands else number_text(measure)
-    return _values(grouped, value)
-
-
-def rollup_values(con: Backend, d: StatisticalDef, as_of: datetime) -> ir.Table:
-    daily = con.table(rollups.TABLE)
-    day = as_of.date()
-    rows = daily.filter((daily.event == d.event) & (daily.day <= day))
-    if d.window_days:
-        rows = rows.filter(rows.day > day - timedelta(days=d.window_days))
-    if d.agg == "count":
-        g = rows.group_by("person_key").aggregate(m=rows.n.sum())
-        return _finish_stat(g, g.m, d)
-    assert d.property is not None
-    column = rollups.sum_column(d.property)
-    if column not in daily.columns:
-        raise TagError(
-            "definition.property",
-            f"`{d.property}` is not a numeric event property of the tracking plan",
-        )
-    g = rows.group_by("person_key").aggregate(s=rows[column].sum(), n=rows.n.sum())
-    if d.agg == "sum":
-        return _finish_stat(g, g.s.fill_null(0), d)
-    return _finish_stat(g.filter(g.s.notnull()), g.s / g.n, d)  # avg per event
+    return value_rows(grouped, value)
 
 
 def event_values(con: Backend, d: StatisticalDef, as_of: datetime) -> ir.Table:
@@ -185,7 +163,7 @@ def event_values(con: Backend, d: StatisticalDef, as_of: datetime) -> ir.Table:
         rows = rows.filter(rows.ts > as_of - timedelta(days=d.window_days))
     if d.agg == "last_date":
         g = rows.group_by("person_key").aggregate(m=rows.ts.max())
-        return _values(g, g.m.date().cast("string"))
+        return value_rows(g, g.m.date().cast("string"))
     assert d.property is not None
     numeric = d.agg in ("max", "min")
     rows = rows.mutate(v=_prop_value(rows, d.property, numeric)).filter(lambda t: t.v.notnull())
@@ -198,28 +176,31 @@ def event_values(con: Backend, d: StatisticalDef, as_of: datetime) -> ir.Table:
         r=ibis.row_number().over(group_by="person_key", order_by=[ibis.desc("c"), "v"])
     )
     top = ranked.filter(ranked.r == 0)
-    return _values(top, top.v)
+    return value_rows(top, top.v)
 
 
 def _incremental_scope(
-    con: Backend, ws: Workspace, name: str, d: StatisticalDef, tag: dict[str, Any], as_of: datetime
-) -> tuple[ir.Table | None, dict[str, Any]]:
-    """Persons to recompute (None: everyone) and what the run records to allow the next one."""
-    refresh, full_refresh = rollups.current_refresh(ws, con)
-    mark = {"as_of_day": as_of.date().isoformat(), "rollup_refresh": refresh}
-    last = store.last_run(ws.db, name)
+    con: Backend,
+    ws: Workspace,
+    tag: dict[str, Any],
+    d: StatisticalDef,
+    as_of: datetime,
+    refreshes: tuple[int, int],
+) -> ir.Table | None:
+    """Persons to recompute (None: everyone), given the rollups' (last, last full) refresh."""
+    last = store.last_run(ws.db, tag["name"])
     detail = (last or {}).get("detail") or {}
     if (
         last is None
         or "rollup_refresh" not in detail
-        or full_refresh > int(detail["rollup_refresh"])
+        or refreshes[1] > int(detail["rollup_refresh"])
         or _aware(tag["updated_at"]) > _aware(last["started_at"])
     ):
-        return None, mark
+        return None
     prev_day = date.fromisoformat(detail["as_of_day"])
     day = as_of.date()
     if day < prev_day:
-        return None, mark
+        return None
     daily = con.table(rollups.TABLE)
     mine = daily.filter(daily.event == d.event)
     moved = (mine.day > prev_day) & (mine.day <= day)  # entered the window
@@ -229,7 +210,7 @@ def _incremental_scope(
     scope = rollups.changed_keys(con, int(detail["rollup_refresh"])).union(
         mine.filter(moved).select("person_key")
     )
-    return scope.distinct(), mark
+    return scope.distinct()
 
 
 def _aware(value: datetime) -> datetime:
@@ -237,6 +218,9 @@ def _aware(value: datetime) -> datetime:
 
 
 # -- runs ----------------------------------------------------------------------------------------
+Outcome = dict[str, Any] | Exception
+
+
 def compute_tag(
     ws: Workspace,
     name: str,
@@ -245,12 +229,164 @@ def compute_tag(
     full: bool = False,
     refresh_rollups: bool = True,
 ) -> dict[str, Any]:
-    """Compute one tag as of ``as_of``; returns the run's report (run id, persons, distribution,
-    whether it was incremental). A failure is recorded on the run and raised."""
-    tag = get_tag(ws.db, name)
-    if tag is None:
-        raise store.TagNotFound(name)
-    at = _as_of(as_of)
+    """Compute one tag as of ``as_of``: ``compute_tags`` for one tag."""
+    return compute_tags(ws, [name], as_of, full=full, refresh_rollups=refresh_rollups)[0]
+
+
+def compute_tags(
+    ws: Workspace,
+    names: list[str],
+    as_of: datetime | None = None,
+    *,
+    full: bool = False,
+    refresh_rollups: bool = True,
+) -> list[dict[str, Any]]:
+    """Compute tags as of ``as_of``; returns each run's report (run id, rows, persons,
+    distribution, whether it was incremental) in the order of ``names``. The statistical tags
+    that read the rollups are computed together (one query, one diff, one write for all), the
+    others one by one. A failure is recorded on the tag's run; the first one is raised once
+    every tag was tried."""
+    out = _compute(ws, names, _as_of(as_of), full=full, refresh_rollups=refresh_rollups)
+    reports = []
+    for r in out:
+        if isinstance(r, Exception):
+            raise r
+        reports.append(r)
+    return reports
+
+
+def _compute(
+    ws: Workspace,
+    names: list[str],
+    at: datetime,
+    *,
+    full: bool,
+    refresh_rollups: bool,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[Outcome]:
+    tags = []
+    for name in dict.fromkeys(names):
+        tag = get_tag(ws.db, name)
+        if tag is None:
+            raise store.TagNotFound(name)
+        tags.append(tag)
+    together = [t for t in tags if _reads_rollups(t)]
+    if together and refresh_rollups:
+        rollups.refresh(ws)
+    done: dict[str, Outcome] = {}
+    if together:
+        if progress is not None:
+            progress(f"{len(together)} statistical tags", 0, len(tags))
+        done.update(_compute_rollup_tags(ws, together, at, full))
+    for tag in tags:
+        if tag["name"] in done:
+            continue
+        if progress is not None:
+            progress(tag["name"], len(done), len(tags))
+        try:
+            done[tag["name"]] = _compute_one(ws, tag, at)
+        except Exception as exc:  # noqa: BLE001 - the run is marked failed, the caller decides
+            done[tag["name"]] = exc
+    if progress is not None:
+        progress("", len(tags), len(tags))
+    return [done[name] for name in names]
+
+
+def _reads_rollups(tag: dict[str, Any]) -> bool:
+    if tag["kind"] != "statistical":
+        return False
+    d = parse(tag["kind"], tag["definition"])
+    return isinstance(d, StatisticalDef) and d.agg in rollup_tags.AGGS
+
+
+def _compute_rollup_tags(
+    ws: Workspace, tags: list[dict[str, Any]], at: datetime, full: bool
+) -> dict[str, Outcome]:
+    """Every rollup-based statistical tag of ``tags`` in one pass (``rollup_tags.values``,
+    ``store.replace_many``), each with its own run; incremental per tag unless ``full``."""
+    started = time.perf_counter()
+    defs: dict[str, StatisticalDef] = {}
+    for t in tags:
+        d = parse(t["kind"], t["definition"])
+        assert isinstance(d, StatisticalDef)
+        defs[t["name"]] = d
+    runs = {name: store.start_run(ws.db, name) for name in defs}
+    out: dict[str, Outcome] = {}
+    try:
+        with ws.warehouse.connect() as con:
+            columns = con.table(rollups.TABLE).columns
+            for name, d in list(defs.items()):
+                try:
+                    rollup_tags.check(columns, d)
+                except TagError as exc:
+                    store.fail_run(ws.db, runs[name], f"{type(exc).__name__}: {exc}")
+                    out[name] = exc
+                    del defs[name]
+            if not defs:
+                return out
+            refreshes = rollups.current_refresh(ws, con)
+            scopes = {}
+            for t in tags:
+                if t["name"] in defs and not full:
+                    s = _incremental_scope(con, ws, t, defs[t["name"]], at, refreshes)
+                    if s is not None:
+                        scopes[t["name"]] = s.mutate(tag=ibis.literal(t["name"]))
+            scope, persons, recomputed = None, None, {}
+            if scopes:
+                scope = con.create_table(
+                    _SCOPE, ibis.union(*scopes.values(), distinct=False), temp=True, overwrite=True
+                )
+                counts = scope.group_by("tag").aggregate(n=scope.count()).to_pyarrow()
+                recomputed = {r["tag"]: int(r["n"]) for r in counts.to_pylist()}
+                if len(scopes) == len(defs):  # nobody else's rollups need reading
+                    persons = scope.select("person_key").distinct()
+            values = rollup_tags.values(con, defs, at, persons)
+            written = store.replace_many(
+                ws,
+                con,
+                {name: runs[name] for name in defs},
+                values,
+                scope=scope,
+                scoped=set(scopes),
+                prepared=True,
+            )
+            rollup_tags.drop(con, defs)
+            con.drop_table(_SCOPE, force=True)
+        mark = {
+            "as_of": at.isoformat(),
+            "as_of_day": at.date().isoformat(),
+            "rollup_refresh": refreshes[0],
+            "seconds": round(time.perf_counter() - started, 3),
+            "together": len(defs),
+        }
+        for name in defs:
+            w = written[name]
+            detail = {**mark, "incremental": name in scopes}
+            if name in scopes:
+                detail["persons_recomputed"] = recomputed.get(name, 0)
+            store.finish_run(
+                ws.db, runs[name], persons=w.persons, distribution=w.distribution, detail=detail
+            )
+            out[name] = {
+                "tag": name,
+                "run_id": runs[name],
+                "rows": w.rows,
+                "persons": w.persons,
+                "distribution": w.distribution,
+                **detail,
+            }
+    except Exception as exc:  # noqa: BLE001 - every tag of the pass failed with it
+        for name in defs:
+            if name not in out:
+                store.fail_run(ws.db, runs[name], f"{type(exc).__name__}: {exc}")
+                out[name] = exc
+    return out
+
+
+def _compute_one(ws: Workspace, tag: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """A tag computed on its own (attribute, rule, mined, statistical from the events): every
+    person recomputed."""
+    name = tag["name"]
     if tag["kind"] == "mined":
         from rapport.tags import mined  # the "mined" models
 
@@ -264,50 +400,33 @@ def compute_tag(
             "incremental": False,
         }
     d = parse(tag["kind"], tag["definition"])
-    if tag["kind"] == "statistical" and d.agg in ROLLUP_AGGS and refresh_rollups:
-        rollups.refresh(ws)
     started = time.perf_counter()
     run_id = store.start_run(ws.db, name)
     try:
-        detail: dict[str, Any] = {"as_of": at.isoformat()}
+        detail: dict[str, Any] = {"as_of": at.isoformat(), "incremental": False}
         # one connection; the values go from the compiled expression into ``tag_values``
         # without leaving DuckDB
         with ws.warehouse.connect() as con:
-            scope: ir.Table | None = None
-            if tag["kind"] == "attribute":
+            if isinstance(d, AttributeDef):
                 values = attribute_values(con, d, at)
-            elif tag["kind"] == "rule":
+            elif isinstance(d, RuleDef):
                 values = rule_values(ws, con, d, at)
-            elif d.agg in ROLLUP_AGGS:
-                scope, mark = (None, {}) if full else _incremental_scope(con, ws, name, d, tag, at)
-                if full:
-                    refresh, _ = rollups.current_refresh(ws, con)
-                    mark = {"as_of_day": at.date().isoformat(), "rollup_refresh": refresh}
-                detail.update(mark)
-                values = rollup_values(con, d, at)
-                if scope is not None:
-                    con.create_table(_SCOPE, scope, temp=True, overwrite=True)
-                    scope = con.table(_SCOPE)
-                    values = values.semi_join(scope, "person_key")
             else:
                 values = event_values(con, d, at)
-            detail["incremental"] = scope is not None
-            if scope is not None:
-                detail["persons_recomputed"] = int(scope.count().to_pyarrow().as_py())
-            out = store.replace_values(ws, con, name, run_id, values, persons=scope)
-            written, persons, dist = out.rows, out.persons, out.distribution
-            con.drop_table(_SCOPE, force=True)
+            out = store.replace_values(ws, con, name, run_id, values)
         detail["seconds"] = round(time.perf_counter() - started, 3)
-        store.finish_run(ws.db, run_id, persons=persons, distribution=dist, detail=detail)
+        store.finish_run(
+            ws.db, run_id, persons=out.persons, distribution=out.distribution, detail=detail
+        )
     except Exception as exc:
         store.fail_run(ws.db, run_id, f"{type(exc).__name__}: {exc}")
         raise
     return {
         "tag": name,
         "run_id": run_id,
-        "rows": written,
-        "persons": persons,
-        "distribution": dist,
+        "rows": out.rows,
+        "persons": out.persons,
+        "distribution": out.distribution,
         **detail,
     }
 
@@ -323,7 +442,7 @@ def rule_values(ws: Workspace, con: Backend, d: RuleDef, as_of: datetime) -> ir.
     # the warehouse keeps declared properties in their columns: filters read them alone
     ctx = BatchContext(con, as_of, attr_types, attr_columns=renamed, props_in_columns=True)
     persons = compile(from_json(d.condition), ctx)
-    return _values(persons, ibis.literal(d.value))
+    return value_rows(persons, ibis.literal(d.value))
 
 
 def compute_all(
@@ -334,20 +453,11 @@ def compute_all(
     full: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Refresh the rollups once, then compute every tag of ``kinds``; a failing tag is reported
-    (``error``) and the others still run."""
-    at = _as_of(as_of)
-    chosen = [t for t in list_tags(ws.db) if t["kind"] in kinds]
-    if any(t["kind"] == "statistical" for t in chosen):
-        rollups.refresh(ws)
-    reports = []
-    for i, tag in enumerate(chosen):
-        if progress is not None:
-            progress(tag["name"], i, len(chosen))
-        try:
-            reports.append(compute_tag(ws, tag["name"], at, full=full, refresh_rollups=False))
-        except Exception as exc:  # noqa: BLE001 - reported per tag, the run is marked failed
-            reports.append({"tag": tag["name"], "error": f"{type(exc).__name__}: {exc}"})
-    if progress is not None:
-        progress("", len(chosen), len(chosen))
-    return reports
+    """Refresh the rollups once, then compute every tag of ``kinds`` (``compute_tags``); a
+    failing tag is reported (``error``) and the others still run."""
+    names = [t["name"] for t in list_tags(ws.db) if t["kind"] in kinds]
+    out = _compute(ws, names, _as_of(as_of), full=full, refresh_rollups=True, progress=progress)
+    return [
+        {"tag": name, "error": f"{type(r).__name__}: {r}"} if isinstance(r, Exception) else r
+        for name, r in zip(names, out, strict=True)
+    ]

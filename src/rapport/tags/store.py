@@ -9,7 +9,7 @@ stretch of runs that held it.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 #: values kept in a run's ``distribution`` (the rest are summed under ``(other)``)
 TOP_VALUES = 50
-_SCOPE = "__tag_scope"
+OTHER = "(other)"
 
 
 class TagNotFound(KeyError):
@@ -120,8 +120,13 @@ def last_run(engine: Engine, tag_name: str, status: str | None = "done") -> dict
 
 
 # -- values ----------------------------------------------------------------------------------
+_NEW = "__tag_new_values"
 _DIFF = "__tag_changed_values"
+_RUNS = "__tag_runs"
+_SCOPE = "__tag_scope"
 _INPUT = "__tag_input_values"
+_KEYS = "__tag_input_keys"
+_KEY = ["person_key", "run", "value"]
 
 
 @dataclass
@@ -131,11 +136,6 @@ class Written:
     rows: int
     persons: int
     distribution: dict[str, int]
-
-
-def _normalised(t: ir.Table) -> ir.Table:
-    t = t.select(person_key=t.person_key.cast("int64"), value=t.value.cast("string"))
-    return t.filter(t.value.notnull() & (t.person_key >= 0))
 
 
 def write_values(
@@ -162,104 +162,180 @@ def replace_values(
 ) -> Written:
     """Make ``values`` (``person_key`` int64, ``value`` string; several rows per person for a
     multi-valued tag; an Arrow table or an Ibis expression, which then never leaves DuckDB) the
-    tag's current values and update its history.
+    tag's current values and update its history: ``replace_many`` for one tag.
 
     ``persons`` (incremental runs; keys, or a table with ``person_key``): only these persons'
-    values are replaced, everyone else's stay as they are. Rows with a NULL value or a negative
-    person are dropped, a pair listed twice counts once.
+    values are replaced, everyone else's stay as they are."""
+    if isinstance(values, pa.Table):  # a table DuckDB can read (the SQL below is raw)
+        values = con.create_table(_INPUT, values, temp=True, overwrite=True)
+    scope = None
+    if isinstance(persons, pa.Array):
+        keys = pa.table({"person_key": pa.array(persons, pa.int64())})
+        persons = con.create_table(_KEYS, keys, temp=True, overwrite=True)
+    if persons is not None:
+        scope = persons.select("person_key").mutate(tag=ibis.literal(tag_name))
+    try:
+        return replace_many(
+            ws,
+            con,
+            {tag_name: run_id},
+            values.mutate(tag=ibis.literal(tag_name)),
+            scope=scope,
+            scoped={tag_name} if scope is not None else (),
+        )[tag_name]
+    finally:
+        for name in (_INPUT, _KEYS):
+            con.drop_table(name, force=True)
 
-    Only changes are written: one pass over old and new finds the pairs that came and went; a
-    pair the run keeps stays as it is in ``tag_values`` (``run_id``: the run that set it) and
-    in ``tag_history`` (its open row), so a recomputation that changes little writes little.
+
+def replace_many(
+    ws: Workspace,
+    con: Backend,
+    runs: dict[str, int],
+    values: ir.Table,
+    *,
+    scope: ir.Table | None = None,
+    scoped: Collection[str] = (),
+    prepared: bool = False,
+) -> dict[str, Written]:
+    """Make ``values`` (``person_key``, ``tag``, ``value``) the current values of the tags of
+    ``runs`` ({tag: run id}) and update their history, all tags in one pass per step.
+
+    ``scoped`` tags (incremental runs) replace only the values of the persons ``scope`` lists
+    for them (rows ``tag``, ``person_key``); everyone else keeps theirs. Rows with a NULL value
+    or a negative person are dropped; a pair listed twice counts once. ``prepared``: the caller
+    guarantees all that already, and at most one row per person and tag (a single-valued tag
+    computed by a GROUP BY), which spares the filters and DISTINCTs over all values (a filter
+    on a computed value would compute it twice).
+
+    Only changes are written: one full join of old and new pairs finds those that came and
+    went; a pair a run keeps stays as it is in ``tag_values`` (``run_id``: the run that set it)
+    and in ``tag_history`` (its open row), so a recomputation that changes little writes
+    little. Inside, a tag is its run id (an integer: a smaller, faster join key than its name).
     """
     now = _now()
-    pair = ["person_key", "value"]
+    names = sorted(runs)
+    by_run = {runs[n]: n for n in names}
     with ws.warehouse.transaction(con):
-        if isinstance(values, pa.Table):  # a table DuckDB can read (the SQL below is raw)
-            con.create_table(_INPUT, values, temp=True, overwrite=True)
-            values = con.table(_INPUT)
-        new = _normalised(values)
-        current = con.table("tag_values")
-        current = current.filter(current.tag == tag_name).select(*pair)
-        scoped = persons is not None
-        if persons is not None:
-            keys = (
-                ibis.memtable(pa.table({"person_key": pa.array(persons, pa.int64())}))
-                if isinstance(persons, pa.Array)
-                else persons.select("person_key")
-            )
-            con.create_table(_SCOPE, keys.distinct(), temp=True, overwrite=True)
-            scope = con.table(_SCOPE)
-            new = new.semi_join(scope, "person_key")  # nobody else's rows
-            current = current.semi_join(scope, "person_key")
-        # one pass over old and new: side 2 came, -2 went, 0 kept
-        both = current.mutate(side=ibis.literal(-1, "int8")).union(
-            new.mutate(side=ibis.literal(1, "int8")), distinct=False
+        run_ids = pa.table({"tag": names, "run": pa.array([runs[n] for n in names], pa.int64())})
+        tags_runs = con.create_table(_RUNS, run_ids, temp=True, overwrite=True)
+
+        def keyed(t: ir.Table) -> ir.Table:
+            """(person_key, tag, value) -> (person_key, run, value), the runs' tags only."""
+            return t.join(tags_runs, "tag").select(*_KEY)
+
+        new = values.select(
+            person_key=values.person_key.cast("int64"),
+            tag=values.tag.cast("string"),
+            value=values.value.cast("string"),
         )
-        # (max + min: a pair listed twice on one side still counts once)
+        if not prepared:
+            new = new.filter(new.value.notnull() & (new.person_key >= 0))
+        new = keyed(new)
+        current = keyed(con.table("tag_values").select("person_key", "tag", "value"))
+        scoped_runs = [runs[n] for n in scoped]
+        if scoped_runs:
+            assert scope is not None, "scoped tags need their scope"
+            keys = scope.join(tags_runs, "tag")
+            keys = keys.select(person_key=keys.person_key.cast("int64"), run=keys.run)
+            _temp_table(con, _SCOPE, keys.filter(keys.run.isin(scoped_runs)).distinct())
+            new, current = (_in_scope(con, t, scoped_runs) for t in (new, current))
+        _temp_table(con, _NEW, new if prepared else new.distinct())
+        new = con.table(_NEW)
+        # pairs on one side only: 1 came, -1 went
+        j = new.mutate(side=ibis.literal(1, "int8")).outer_join(
+            current.mutate(old=ibis.literal(1, "int8")), _KEY
+        )
         _temp_table(
-            con, _DIFF, both.group_by(pair).aggregate(side=both.side.max() + both.side.min())
+            con,
+            _DIFF,
+            j.filter(j.side.isnull() | j.old.isnull()).select(
+                person_key=ibis.coalesce(j.person_key, j.person_key_right),
+                run=ibis.coalesce(j.run, j.run_right),
+                value=ibis.coalesce(j.value, j.value_right),
+                side=j.side.fill_null(-1),
+            ),
         )
         diff = con.table(_DIFF)
-        now_held = diff.filter(diff.side >= 0)
-        counts = (
-            diff.aggregate(
-                came=(diff.side > 0).sum(),
-                went=(diff.side < 0).sum(),
-                rows=(diff.side >= 0).sum(),
-                persons=diff.person_key.nunique(where=diff.side >= 0),
+        moved = diff.aggregate(came=(diff.side > 0).sum(), went=(diff.side < 0).sum())
+        counts = moved.to_pyarrow().to_pylist()[0]
+        if counts["went"]:  # close the history of the pairs the runs no longer have, drop them
+            went = (
+                f"(SELECT g.person_key, r.tag, g.value, g.run FROM {_DIFF} g "
+                f"JOIN {_RUNS} r ON r.run = g.run WHERE g.side < 0)"
             )
-            .to_pyarrow()
-            .to_pylist()[0]
-        )
-        if counts["went"]:  # close the history of the pairs the run no longer has, drop them
             con.raw_sql(
-                f"UPDATE tag_history h SET to_run = ?, valid_to = ? FROM {_DIFF} g "
-                "WHERE h.tag = ? AND h.to_run IS NULL AND g.side < 0 "
+                f"UPDATE tag_history h SET to_run = g.run, valid_to = ? FROM {went} g "
+                "WHERE h.to_run IS NULL AND h.tag = g.tag "
                 "AND h.person_key = g.person_key AND h.value = g.value",
-                parameters=[run_id, now, tag_name],
+                parameters=[now],
             )
             con.raw_sql(
-                f"DELETE FROM tag_values t USING {_DIFF} g WHERE t.tag = ? AND g.side < 0 "
-                "AND t.person_key = g.person_key AND t.value = g.value",
-                parameters=[tag_name],
+                f"DELETE FROM tag_values t USING {went} g "
+                "WHERE t.tag = g.tag AND t.person_key = g.person_key AND t.value = g.value"
             )
         if counts["came"]:  # open the new pairs
             came = diff.filter(diff.side > 0)
+            came = came.join(tags_runs, "run")
             history = con.table("tag_history")
             con.insert(
                 "tag_history",
                 came.select(
-                    person_key=came.person_key,
-                    tag=ibis.literal(tag_name),
-                    value=came.value,
-                    from_run=ibis.literal(run_id, "int64"),
+                    "person_key",
+                    "tag",
+                    "value",
+                    from_run=came.run,
                     to_run=ibis.null("int64"),
                     valid_from=ibis.literal(now, history.valid_from.type()),
                     valid_to=ibis.null(history.valid_to.type()),
                 ),
             )
-            con.insert(
-                "tag_values",
-                came.select(
-                    person_key=came.person_key,
-                    tag=ibis.literal(tag_name),
-                    value=came.value,
-                    run_id=ibis.literal(run_id, "int64"),
-                ),
-            )
-        n, persons_n = int(counts["rows"] or 0), int(counts["persons"] or 0)
-        # unscoped, the run's values are all the tag's: summarise the small table then
-        dist = (
-            _distribution(tag_values_of(con, tag_name))
-            if scoped
-            else _distribution(now_held, pairs_unique=True)
-        )
-        if scoped:
-            persons_n = int(tag_values_of(con, tag_name).person_key.nunique().to_pyarrow().as_py())
-        for name in (_DIFF, _SCOPE, _INPUT):
+            con.insert("tag_values", came.select("person_key", "tag", "value", run_id=came.run))
+        out = _written(con, new, by_run, scoped, prepared)
+        for name in (_NEW, _DIFF, _RUNS, _SCOPE):
             con.drop_table(name, force=True)
-    return Written(n, persons_n, dist)
+    return out
+
+
+def _in_scope(con: Backend, t: ir.Table, scoped_runs: list[int]) -> ir.Table:
+    """``t``'s rows of unscoped runs, and of scoped runs only for the persons in scope."""
+    scope = con.table(_SCOPE)
+    whole = t.filter(~t.run.isin(scoped_runs))
+    return whole.union(t.semi_join(scope, ["run", "person_key"]), distinct=False)
+
+
+def _written(
+    con: Backend,
+    new: ir.Table,
+    by_run: dict[int, str],
+    scoped: Collection[str],
+    prepared: bool,
+) -> dict[str, Written]:
+    """Per tag: its rows in the run's scope, and persons and distribution after the run —
+    from the run's (unique) pairs, or for scoped tags from ``tag_values``."""
+    counted = (
+        new.group_by("run").aggregate(n=new.count())
+        if prepared
+        else new.group_by("run").aggregate(n=new.count(), persons=new.person_key.nunique())
+    )
+    rows = {by_run[r["run"]]: r for r in counted.to_pyarrow().to_pylist()}
+    persons = {tag: int(r.get("persons", r["n"])) for tag, r in rows.items()}
+    scoped_runs = [run for run, tag in by_run.items() if tag in scoped]
+    held = new.filter(~new.run.isin(scoped_runs)) if scoped_runs else new
+    dists = {by_run[run]: d for run, d in _distributions(held, "run", pairs_unique=True).items()}
+    if scoped:
+        mine = con.table("tag_values")
+        mine = mine.filter(mine.tag.isin(list(scoped)))
+        after = mine.group_by("tag").aggregate(persons=mine.person_key.nunique())
+        found = {r["tag"]: int(r["persons"]) for r in after.to_pyarrow().to_pylist()}
+        persons.update({tag: found.get(tag, 0) for tag in scoped})
+        dists.update(_distributions(mine, "tag"))
+    return {
+        tag: Written(
+            int(rows[tag]["n"]) if tag in rows else 0, persons.get(tag, 0), dists.get(tag, {})
+        )
+        for tag in by_run.values()
+    }
 
 
 def summary(ws: Workspace, tag_name: str, con: Backend | None = None) -> tuple[int, dict[str, int]]:
@@ -279,24 +355,28 @@ def tag_values_of(con: Backend, tag_name: str) -> ir.Table:
 def _summary(con: Backend, tag_name: str) -> tuple[int, dict[str, int]]:
     mine = tag_values_of(con, tag_name)
     persons = int(mine.person_key.nunique().to_pyarrow().as_py())
-    return persons, _distribution(mine)
+    return persons, _distributions(mine, "tag").get(tag_name, {})
 
 
-def _distribution(values: ir.Table, pairs_unique: bool = False) -> dict[str, int]:
-    """{value: persons}: the top ``TOP_VALUES`` values, the rest under ``(other)``.
-    ``pairs_unique``: each (person, value) once, so rows are persons (no DISTINCT)."""
-    counts = (
-        values.group_by("value")
-        .aggregate(persons=values.count() if pairs_unique else values.person_key.nunique())
-        .order_by([ibis.desc("persons"), "value"])
-        .to_pyarrow()
-        .to_pylist()
+def _distributions(
+    values: ir.Table, key: str, pairs_unique: bool = False
+) -> dict[Any, dict[str, int]]:
+    """{tag (``key``: its name or run): {value: persons}}: per tag the top ``TOP_VALUES``
+    values, the rest under ``(other)`` (ranked in DuckDB: an average has as many values as
+    persons). ``pairs_unique``: each (person, tag, value) once, so rows are persons."""
+    counts = values.group_by([key, "value"]).aggregate(
+        persons=values.count() if pairs_unique else values.person_key.nunique()
     )
-    dist = Counter({r["value"]: int(r["persons"]) for r in counts[:TOP_VALUES]})
-    rest = sum(int(r["persons"]) for r in counts[TOP_VALUES:])
-    if rest:
-        dist["(other)"] = rest
-    return dict(dist)
+    rank = ibis.row_number().over(group_by=key, order_by=[ibis.desc(counts.persons), counts.value])
+    ranked = counts.mutate(
+        value=ibis.ifelse(rank < TOP_VALUES, counts.value, ibis.literal(OTHER)),
+        top=ibis.ifelse(rank < TOP_VALUES, rank, TOP_VALUES),
+    )
+    shown = ranked.group_by([key, "value", "top"]).aggregate(persons=ranked.persons.sum())
+    out: dict[Any, dict[str, int]] = {}
+    for r in shown.order_by([key, "top"]).to_pyarrow().to_pylist():
+        out.setdefault(r[key], {})[r["value"]] = int(r["persons"])
+    return out
 
 
 def _temp_table(con: Backend, name: str, expr: ir.Table) -> None:
