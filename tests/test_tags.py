@@ -486,8 +486,15 @@ def test_rule_tag_high_net_worth_seed_example(workspace):
 
 
 # -- API and console -----------------------------------------------------------------------------
-def test_api_create_compute_distribution_delete(client, workspace, admin_headers):
+@pytest.fixture
+def ordered(workspace: Workspace) -> Workspace:
+    """The orders written before the app starts (its loader writes ``events`` too: DuckDB
+    refuses two transactions altering one table at once)."""
     orders(workspace)
+    return workspace
+
+
+def test_api_create_compute_distribution_delete(ordered, client, workspace, admin_headers):
     body = {
         "name": "orders_90d",
         "kind": "statistical",
@@ -543,8 +550,7 @@ def test_viewers_read_tags_but_cannot_define_them(client, workspace):
     assert [t["name"] for t in client.get("/api/tags", headers=viewer).json()] == ["t"]
 
 
-def test_console_tag_pages(client, workspace):
-    orders(workspace)
+def test_console_tag_pages(ordered, client, workspace):
     csrf = as_role(client, workspace, Role.marketer)
     created = client.post(
         "/tags",
