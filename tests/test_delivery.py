@@ -18,9 +18,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from datetime import time as clock
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -29,7 +32,7 @@ from conftest import copy_home, free_port
 from rapport import accounts
 from rapport.db.tables import channels as channels_table
 from rapport.db.tables import delivery_attempts, outbox
-from rapport.delivery import DeliveryError, TargetRefused, enqueue, http, verify
+from rapport.delivery import DeliveryError, TargetRefused, enqueue, guards, http, verify
 from rapport.delivery.channels import ChannelSpec, create_channel
 from rapport.delivery.dispatcher import Dispatcher
 from rapport.delivery.targets import check_url
@@ -797,3 +800,146 @@ def client_for() -> Iterator[Callable[[Workspace], tuple[Any, dict[str, str]]]]:
     yield make
     for client in opened:
         client.__exit__(None, None, None)
+
+
+# -- send-time guards: unsubscribe, frequency caps, quiet hours ------------------------------
+def sms(ws: Workspace, url: str) -> None:
+    spec = {"name": "sms", "kind": "sms", "config": {"url": url}, "allow_private": True}
+    create_channel(ws.db, ChannelSpec.model_validate(spec))
+
+
+def send(ws: Workspace, person: int, key: str, channel: str = "sms", **payload: Any) -> None:
+    with ws.db.begin() as conn:
+        enqueue(
+            conn,
+            channel=channel,
+            payload={"mobile": "13800000000", **payload},
+            key=key,
+            person_key=person,
+            origin="campaign:1",
+        )
+
+
+def settled(ws: Workspace) -> bool:
+    s = statuses(ws)
+    return s["pending"] + s["sending"] + s["failed"] == 0
+
+
+def errors(ws: Workspace) -> dict[str, str | None]:
+    with ws.db.connect() as conn:
+        return dict(conn.execute(sa.select(outbox.c.key, outbox.c.last_error)).all())
+
+
+def test_an_unsubscribed_person_gets_nothing_more_on_that_channel(ws, receiver, client_for):
+    sms(ws, receiver.url)
+    webhook(ws, receiver.url)  # to a system, not to the person: never guarded
+    send(ws, 1, "first")
+    run_until(ws, lambda: settled(ws), public_url="https://crm.example.com")
+    url = json.loads(receiver.requests[0]["body"])["unsubscribe_url"]
+    assert url.startswith("https://crm.example.com/u/")
+    token = url.rsplit("/", 1)[1]
+
+    client, _ = client_for(ws)
+    page = client.get(f"/u/{token}")  # a mail scanner opening the link changes nothing
+    assert page.status_code == 200 and "Unsubscribe" in page.text
+    assert guards.consent_of(ws.db, 1) == {}
+    assert client.get(f"/u/{token}x").status_code == 404
+    done = client.post(f"/u/{token}")  # the button, or a mail client's one-click POST
+    assert done.status_code == 200 and "no more messages on sms" in done.text
+    assert guards.consent_of(ws.db, 1) == {"sms": "unsubscribed"}
+
+    send(ws, 1, "second")
+    send(ws, 2, "other person")
+    send(ws, 1, "lead to the CRM", channel="crm")
+    run_until(ws, lambda: settled(ws))
+    assert statuses(ws) == {"delivered": 3, "suppressed": 1}
+    assert errors(ws)["second"] == "the person unsubscribed from sms"
+    with ws.db.connect() as conn:  # the delivery log says why, and it was not a try
+        row = conn.execute(sa.select(outbox.c.attempts).where(outbox.c.key == "second")).one()
+        why = conn.execute(
+            sa.select(delivery_attempts.c.outcome).where(delivery_attempts.c.error.isnot(None))
+        ).scalars()
+        assert row.attempts == 0 and list(why) == ["suppressed"]
+
+
+def test_frequency_caps_count_what_was_delivered_and_the_batch_itself(ws, receiver):
+    sms(ws, receiver.url)
+    for i in range(3):
+        send(ws, 7, f"a{i}")
+    send(ws, 8, "b0")
+    run_until(ws, lambda: settled(ws), delivery_frequency_caps="sms:2/day")
+    assert statuses(ws) == {"delivered": 3, "suppressed": 1}
+    assert errors(ws)["a2"] == "frequency cap sms:2/day reached for this person"
+    send(ws, 7, "a3")  # a later batch: the two delivered today still count
+    send(ws, 8, "b1")
+    run_until(ws, lambda: settled(ws), delivery_frequency_caps="sms:2/day")
+    assert errors(ws)["a3"] == "frequency cap sms:2/day reached for this person"
+    assert len(receiver.applied) == 4  # a0, a1, b0, b1
+
+
+def test_quiet_hours_wait_in_the_persons_time_zone(ws, receiver):
+    sms(ws, receiver.url)
+    # a window that holds "now" in Shanghai but not in Los Angeles (16 hours apart)
+    now_sh = datetime.now(ZoneInfo("Asia/Shanghai"))
+    start = (now_sh - timedelta(hours=1)).strftime("%H:%M")
+    end = (now_sh + timedelta(hours=2)).strftime("%H:%M")
+    send(ws, 1, "shanghai", timezone="Asia/Shanghai")
+    send(ws, 2, "los angeles", timezone="America/Los_Angeles")
+    run_until(
+        ws,
+        lambda: statuses(ws)["delivered"] == 1,
+        delivery_quiet_hours=f"{start}-{end}",
+    )
+    with ws.db.connect() as conn:
+        row = conn.execute(
+            sa.select(outbox.c.status, outbox.c.next_attempt_at, outbox.c.attempts).where(
+                outbox.c.key == "shanghai"
+            )
+        ).one()
+    assert row.status == "pending" and row.attempts == 0
+    due = row.next_attempt_at.replace(tzinfo=UTC).astimezone(ZoneInfo("Asia/Shanghai"))
+    assert due.strftime("%H:%M") == end and due > now_sh
+    assert list(receiver.applied) == ["los angeles"]
+
+
+def test_quiet_hours_across_midnight_and_daylight_saving():
+    hours = guards.parse_quiet_hours("21:00-08:00")
+    assert hours == (clock(21), clock(8))
+    paris = ZoneInfo("Europe/Paris")
+    evening = datetime(2026, 3, 28, 22, 30, tzinfo=paris)  # the night clocks go forward
+    assert guards.quiet_until(evening, hours, paris) == datetime(2026, 3, 29, 8, tzinfo=paris)
+    assert guards.quiet_until(evening.replace(hour=7), hours, paris) == datetime(
+        2026, 3, 28, 8, tzinfo=paris
+    )
+    assert guards.quiet_until(evening.replace(hour=8), hours, paris) is None
+    assert guards.quiet_until(evening.replace(hour=20, minute=59), hours, paris) is None
+    day = guards.parse_quiet_hours("12:00-14:00")
+    assert day is not None
+    assert guards.quiet_until(evening.replace(hour=13), day, paris) == evening.replace(
+        hour=14, minute=0
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("sms:2/month", "delivery_frequency_caps"),
+        ("fax:1/day", "delivery_frequency_caps"),
+        ("sms 1/day", "delivery_frequency_caps"),
+    ],
+)
+def test_bad_caps_say_what_is_wrong(text, where):
+    with pytest.raises(DeliveryError) as err:
+        guards.parse_caps(text)
+    assert err.value.field == where and repr(text.strip()) in str(err.value)
+    with pytest.raises(DeliveryError, match="HH:MM-HH:MM"):
+        guards.parse_quiet_hours("25:00-08:00")
+
+
+def test_unsubscribe_tokens_are_signed():
+    token = guards.unsubscribe_token("s3cret", 42, "sms")
+    assert guards.read_token("s3cret", token) == (42, "sms")
+    with pytest.raises(DeliveryError):
+        guards.read_token("other secret", token)
+    with pytest.raises(DeliveryError):
+        guards.read_token("s3cret", token[:-2] + "AA")

@@ -144,6 +144,7 @@ def _register() -> None:
         ("rapport.delivery.cli", "delivery"),
         ("rapport.jobs.cli", "jobs"),
         ("rapport.stream.cli", "worker"),
+        ("rapport.recommend.cli", "recommend"),
     ]:
         try:
             mod = importlib.import_module(module)

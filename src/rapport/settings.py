@@ -65,6 +65,15 @@ class Settings:
     delivery_breaker_cooldown: float = 30.0
     #: Seconds between two looks at the outbox when nothing was due.
     delivery_poll_interval: float = 0.5
+    #: Send-time caps per person (``rapport.delivery.guards``), e.g. "sms:1/day, *:5/week"
+    #: (kinds sms, push, email, wechat_mp; "*": all of them together); "": none.
+    delivery_frequency_caps: str = ""
+    #: No message to a person in these hours of their time zone, e.g. "21:00-08:00" (they
+    #: wait until the end); "": none.
+    delivery_quiet_hours: str = ""
+    #: The console's address as people outside reach it (e.g. "https://crm.example.com"):
+    #: messages to a person carry an unsubscribe link there (``payload.unsubscribe_url``).
+    public_url: str = ""
     #: Path of the front-end packages installed from npm (``node_modules``).
     assets_dir: str = ""
     #: The workspace's time zone (IANA name): scheduled jobs read "daily at 06:00" in it.

@@ -522,3 +522,32 @@ job_runs = Table(
     Column("result", JSON),  # the job's small report
     Column("error", Text),
 )
+
+
+#: what a person said about being contacted on a channel ("*": every channel); no row:
+#: subscribed. The delivery guards suppress messages to an unsubscribed person.
+consents = Table(
+    "consents",
+    metadata,
+    Column("person_key", Integer, primary_key=True),
+    Column("channel", String(100), primary_key=True),
+    Column("status", String(20), nullable=False),  # subscribed | unsubscribed
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("source", String(200), nullable=False, default=""),  # e.g. "link", "api:alice"
+)
+
+# -- personalization (issue 6) -------------------------------------------------------------------
+#: a place in the customer's site or app (a banner, an activity page) showing each person the
+#: content of the highest-priority active variant whose audience holds them, else the default
+placements = Table(
+    "placements",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("default_content", JSON, nullable=False),
+    #: [{"name", "audience", "bucket", "content", "priority", "active"}], in the editor's order
+    Column("variants", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

@@ -133,6 +133,10 @@ class EmailAdapter:
             )
             mail["Subject"] = templating.render_text(cfg["subject"], context, "config.subject")
             mail["X-Rapport-Key"] = message.key
+            unsubscribe = message.payload.get("unsubscribe_url")
+            if unsubscribe:  # RFC 8058: mail clients offer a one-click unsubscribe
+                mail["List-Unsubscribe"] = f"<{unsubscribe}>"
+                mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
             mail.set_content(templating.render_text(cfg["body"], context, "config.body"))
         except (DeliveryError, ValueError) as exc:
             return Sent(False, permanent=True, error=str(exc), ms=_ms(started))

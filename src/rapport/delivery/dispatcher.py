@@ -4,12 +4,15 @@ At-least-once: a dispatcher killed mid-batch leaves its messages ``sending`` unt
 expires, then any dispatcher sends them again; the receiver applies each ``Idempotency-Key``
 once. Per channel, a token bucket holds the send rate and a circuit breaker stops hammering a
 receiver that is down (its messages are postponed, not failed, while the breaker is open).
+Messages to a person first pass the send-time guards (``rapport.delivery.guards``: consent,
+frequency caps, quiet hours) and carry their unsubscribe link.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -20,7 +23,7 @@ from datetime import timedelta
 
 import aiohttp
 
-from rapport.delivery import http
+from rapport.delivery import guards, http
 from rapport.delivery.adapters import Sent, adapter_for
 from rapport.delivery.channels import Channel, load_channels
 from rapport.delivery.limits import CircuitBreaker, TokenBucket
@@ -42,6 +45,7 @@ class Counters:
     retried: int = 0
     dead: int = 0
     postponed: int = 0
+    suppressed: int = 0
     batches: int = 0
     last_error: str | None = None
     breakers: dict[str, str] = field(default_factory=dict)
@@ -62,6 +66,9 @@ class Dispatcher:
         self._channels: dict[str, Channel] = {}
         self._channels_at = 0.0
         self._sending = asyncio.Semaphore(settings.delivery_concurrency)
+        self.guards = guards.Guards(
+            settings.delivery_frequency_caps, settings.delivery_quiet_hours, settings.timezone
+        )
         self._http: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -87,9 +94,15 @@ class Dispatcher:
         if not batch:
             return 0
         channels = await self._channels_now()
+        kinds = {name: c.kind for name, c in channels.items()}
+        held = await asyncio.to_thread(self.guards.check, self.engine, batch, kinds)
+        self.counters.suppressed += sum(r.status == "suppressed" for r in held.values())
+        self.counters.postponed += sum(r.outcome == "postponed" for r in held.values())
+        go = [self._addressed(m, kinds) for m in batch if m.id not in held]
         heartbeat = asyncio.create_task(self._keep_lease())
         try:
-            results = await asyncio.gather(*(self._deliver(m, channels) for m in batch))
+            sent = await asyncio.gather(*(self._deliver(m, channels) for m in go))
+            results = [*held.values(), *sent]
         finally:
             heartbeat.cancel()
         await asyncio.to_thread(record, self.engine, self.owner, results)
@@ -97,6 +110,21 @@ class Dispatcher:
         self.counters.batches += 1
         self.counters.breakers = {n: b.state for n, b in self.breakers.items()}
         return len(batch)
+
+    def _addressed(self, message: Claimed, kinds: dict[str, str]) -> Claimed:
+        """A message to a person gets its unsubscribe link (``payload.unsubscribe_url``)."""
+        base = self.settings.public_url
+        if (
+            not base
+            or message.person_key is None
+            or kinds.get(message.channel) not in (guards.PERSONAL_KINDS)
+        ):
+            return message
+        token = guards.unsubscribe_token(
+            self.settings.signing_key(), message.person_key, message.channel
+        )
+        url = f"{base.rstrip('/')}/u/{token}"
+        return dataclasses.replace(message, payload={**message.payload, "unsubscribe_url": url})
 
     async def _keep_lease(self) -> None:
         lease = self.settings.delivery_lease_seconds

@@ -4,8 +4,9 @@ neither lose the message nor (with the receiver's idempotency check) apply it tw
 
 Statuses: ``pending`` (never tried) → ``sending`` (claimed, leased) → ``delivered``; a failed
 try goes to ``failed`` with ``next_attempt_at`` (it will be retried), then ``dead`` when the
-retry budget is spent or the receiver refused it for good. Call-list channels park their
-messages as ``listed`` until the list is exported.
+retry budget is spent or the receiver refused it for good; ``suppressed`` when a send-time
+guard stopped it for good (``rapport.delivery.guards``: unsubscribed, over a frequency cap).
+Call-list channels park their messages as ``listed`` until the list is exported.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rapport.delivery.errors import DeliveryError
 
 #: statuses a dispatcher may claim (when due)
 DUE = ("pending", "failed")
-STATUSES = ("pending", "sending", "failed", "delivered", "dead", "listed")
+STATUSES = ("pending", "sending", "failed", "delivered", "dead", "listed", "suppressed")
 #: ids per ``UPDATE … WHERE id IN (…)`` when recording (under the 999 bound parameters of
 #: SQLite builds older than 3.32)
 RECORD_CHUNK = 900
@@ -238,8 +239,8 @@ def record(engine: Engine, owner: str, results: Sequence[Result]) -> None:
     """Write a batch's outcomes in one transaction: the messages' new state and every try.
 
     Only rows still leased to ``owner`` change (a lease that expired and was re-claimed
-    belongs to the other dispatcher now). A postponed message (open circuit, rate limit) gets
-    its try back: it was not sent.
+    belongs to the other dispatcher now). A postponed or suppressed message (open circuit,
+    rate limit, a guard) gets its try back: it was not sent.
     """
     if not results:
         return
@@ -252,7 +253,7 @@ def record(engine: Engine, owner: str, results: Sequence[Result]) -> None:
             "status": r.status,
             "next_attempt_at": r.next_attempt_at or at,
             "last_error": r.error,
-            "attempts": r.attempt - 1 if r.outcome == "postponed" else r.attempt,
+            "attempts": r.attempt - 1 if r.outcome in ("postponed", "suppressed") else r.attempt,
         }
         for r in results
         if r.status != "delivered"

@@ -19,9 +19,11 @@ def mount(app: FastAPI) -> None:
         api_imports,
         api_jobs,
         api_leads,
+        api_personalize,
         api_persons,
         api_plan,
         api_quarantine,
+        api_recommend,
         api_segments,
         api_sources,
         api_tags,
@@ -30,9 +32,11 @@ def mount(app: FastAPI) -> None:
         collector,
         console,
         health,
+        unsubscribe,
     )
     from rapport.web.console import jobs as console_jobs
     from rapport.web.console import leads as console_leads
+    from rapport.web.console import recommendations as console_recommendations
 
     modules = [health, assets, collector, api_sources, api_plan, api_imports]
     modules += [api_segments]
@@ -40,7 +44,9 @@ def mount(app: FastAPI) -> None:
     modules += [api_conditions]
     modules += [api_jobs, console_jobs]
     modules += [api_leads, console_leads]
-    modules += [api_delivery]
+    modules += [api_delivery, unsubscribe]
+    modules += [api_personalize]
+    modules += [api_recommend, console_recommendations]
     modules += [api_events, api_quarantine, api_users, api_persons, api_identity, console]
     for module in modules:
         setup = getattr(module, "setup", None)
