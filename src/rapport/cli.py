@@ -145,6 +145,7 @@ def _register() -> None:
         ("rapport.jobs.cli", "jobs"),
         ("rapport.stream.cli", "worker"),
         ("rapport.recommend.cli", "recommend"),
+        ("rapport.campaigns.cli", "campaigns"),
     ]:
         try:
             mod = importlib.import_module(module)

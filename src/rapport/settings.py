@@ -71,6 +71,9 @@ class Settings:
     #: No message to a person in these hours of their time zone, e.g. "21:00-08:00" (they
     #: wait until the end); "": none.
     delivery_quiet_hours: str = ""
+    #: Campaigns (``rapport.campaigns``): a plan sending to more persons than this needs the
+    #: approval of a second user (not the one who planned it).
+    campaign_approval_threshold: int = 10_000
     #: The console's address as people outside reach it (e.g. "https://crm.example.com"):
     #: messages to a person carry an unsubscribe link there (``payload.unsubscribe_url``).
     public_url: str = ""

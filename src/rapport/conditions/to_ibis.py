@@ -122,6 +122,17 @@ def persons(cond: Condition, ctx: BatchContext, limit: int = 100) -> list[int]:
     return [int(k) for k in rows.column("person_key").to_pylist()]
 
 
+def step_events(ctx: BatchContext, step: Step, path: str = "$") -> ir.Table:
+    """The events of one step (its name and ``where`` filters) up to ``as_of``, all columns:
+    for callers that chain steps their own way (``rapport.analytics``' funnel)."""
+    return _Compiler(ctx).events(step.event, step.where, Window(), path)
+
+
+def event_prop_text(ctx: BatchContext, events: ir.Table, name: str) -> ir.StringValue:
+    """An event property as text, from its typed column or the JSON (``_Compiler.prop_text``)."""
+    return _Compiler(ctx).prop_text(events, name)
+
+
 # -- value expressions ----------------------------------------------------------------------
 def json_text(value: ir.Value, spark: bool) -> ir.StringValue:
     """A JSON value as text: strings unquoted, numbers/booleans as JSON, JSON null as NULL.

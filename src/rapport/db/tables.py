@@ -551,3 +551,48 @@ placements = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+
+# -- campaigns (issue 6) ---------------------------------------------------------------------------
+#: a campaign: who (an audience or an uploaded list), what (a template per channel field), when
+#: (now, at a time, recurring), and its state (draft → planned → awaiting_approval → approved
+#: → sending → sent; cancelled)
+campaigns = Table(
+    "campaigns",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("goal_event", String(200), nullable=False, default=""),
+    Column("goal_days", Integer, nullable=False, default=7),
+    Column("audience", String(100)),  # a segment name; NULL when person_keys is given
+    Column("person_keys", JSON),  # an uploaded list of person keys
+    Column("channel", String(100), nullable=False),
+    Column("content", JSON, nullable=False),  # field -> template
+    Column("schedule", String(200), nullable=False, default=""),  # "" | "at <iso>" | schedule
+    Column("holdout_share", Float, nullable=False, default=0.1),
+    Column("cost_per_message", Float, nullable=False, default=0.0),
+    Column("budget", Float),
+    Column("owner", String(100), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("planned_by", String(100)),
+    Column("approved_by", String(100)),
+    Column("summary", JSON),  # the plan's counts
+    Column("progress", JSON),  # {"enqueued", "total", "occurrence"} of the current send
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: the plan, one row per audience member: ``send``, ``holdout`` or ``suppressed`` (and why)
+campaign_recipients = Table(
+    "campaign_recipients",
+    metadata,
+    Column(
+        "campaign_id",
+        Integer,
+        ForeignKey("campaigns.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("person_key", Integer, primary_key=True),
+    Column("role", String(10), nullable=False),  # send | holdout | suppressed
+    Column("reason", String(200)),
+)

@@ -58,6 +58,54 @@ def enqueue(
     """Add a message to the outbox inside the caller's transaction (the lead/campaign row and
     its message commit together). ``key`` is the idempotency key (unique): a second enqueue
     with the same key returns None."""
+    kind = _kind(conn, channel)
+    values = _row(kind, channel, key, payload, person_key, origin, not_before)
+    stmt = _insert_new(conn)
+    if stmt is not None:
+        return conn.execute(stmt.values(values).returning(outbox.c.id)).scalar()
+    # other engines: a savepoint keeps the caller's transaction usable after a duplicate
+    try:
+        with conn.begin_nested():
+            result = conn.execute(sa.insert(outbox).values(values))
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+    except sa.exc.IntegrityError:
+        if conn.execute(select(outbox.c.id).where(outbox.c.key == key)).scalar() is None:
+            raise
+        return None
+
+
+def enqueue_many(
+    conn: Connection,
+    *,
+    channel: str,
+    messages: Sequence[dict[str, Any]],
+    not_before: datetime | None = None,
+) -> int:
+    """``enqueue`` for many messages to one channel (a campaign's chunk) in one statement:
+    each holds ``key``, ``payload`` and optionally ``person_key`` and ``origin``. Returns how
+    many were new (a key already queued is skipped, as by ``enqueue``)."""
+    kind = _kind(conn, channel)
+    rows = [
+        _row(
+            kind,
+            channel,
+            m["key"],
+            m["payload"],
+            m.get("person_key"),
+            m.get("origin", ""),
+            not_before,
+        )
+        for m in messages
+    ]
+    stmt = _insert_new(conn)
+    if stmt is None or not rows:
+        return sum(
+            enqueue(conn, channel=channel, not_before=not_before, **m) is not None for m in messages
+        )
+    return len(conn.execute(stmt.returning(outbox.c.id), rows).all())
+
+
+def _kind(conn: Connection, channel: str) -> str:
     kind = conn.execute(select(channels.c.kind).where(channels.c.name == channel)).scalar()
     if kind is None:
         known = conn.execute(select(channels.c.name).order_by(channels.c.name)).scalars().all()
@@ -65,6 +113,18 @@ def enqueue(
             f"unknown delivery channel {channel!r} (configured: {', '.join(known) or 'none'})",
             "channel",
         )
+    return str(kind)
+
+
+def _row(
+    kind: str,
+    channel: str,
+    key: str,
+    payload: dict[str, Any],
+    person_key: int | None,
+    origin: str,
+    not_before: datetime | None,
+) -> dict[str, Any]:
     if not key or len(key) > 200:
         raise DeliveryError("key: the idempotency key must be 1 to 200 characters", "key")
     at = now()
@@ -73,7 +133,7 @@ def enqueue(
         if not_before
         else at
     )
-    values = {
+    return {
         "key": key,
         "channel": channel,
         "person_key": person_key,
@@ -85,23 +145,17 @@ def enqueue(
         "created_at": at,
         "queued_at": at,
     }
-    dialect = conn.dialect.name
-    if dialect in ("sqlite", "postgresql"):
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
-        stmt = insert(outbox).values(values).on_conflict_do_nothing(index_elements=["key"])
-        return conn.execute(stmt.returning(outbox.c.id)).scalar()
-    # other engines: a savepoint keeps the caller's transaction usable after a duplicate
-    try:
-        with conn.begin_nested():
-            result = conn.execute(sa.insert(outbox).values(values))
-            return int(result.inserted_primary_key[0])  # type: ignore[index]
-    except sa.exc.IntegrityError:
-        if conn.execute(select(outbox.c.id).where(outbox.c.key == key)).scalar() is None:
-            raise
+
+
+def _insert_new(conn: Connection) -> Any | None:
+    """``INSERT … ON CONFLICT (key) DO NOTHING`` where the dialect has it (else None)."""
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert  # type: ignore[assignment]
+    else:
         return None
+    return insert(outbox).on_conflict_do_nothing(index_elements=["key"])
 
 
 # -- claiming and recording (the dispatcher's side) -----------------------------------------

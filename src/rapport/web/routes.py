@@ -12,6 +12,8 @@ def mount(app: FastAPI) -> None:
     warehouse loader (``api_imports``) starts tailing it.
     """
     from rapport.web import (
+        api_analytics,
+        api_campaigns,
         api_conditions,
         api_delivery,
         api_events,
@@ -34,6 +36,7 @@ def mount(app: FastAPI) -> None:
         health,
         unsubscribe,
     )
+    from rapport.web.console import analytics as console_analytics
     from rapport.web.console import jobs as console_jobs
     from rapport.web.console import leads as console_leads
     from rapport.web.console import recommendations as console_recommendations
@@ -46,7 +49,9 @@ def mount(app: FastAPI) -> None:
     modules += [api_leads, console_leads]
     modules += [api_delivery, unsubscribe]
     modules += [api_personalize]
+    modules += [api_campaigns]
     modules += [api_recommend, console_recommendations]
+    modules += [api_analytics, console_analytics]
     modules += [api_events, api_quarantine, api_users, api_persons, api_identity, console]
     for module in modules:
         setup = getattr(module, "setup", None)
