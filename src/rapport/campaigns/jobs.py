@@ -1,6 +1,7 @@
 """Scheduled campaigns as jobs (listed in ``rapport.jobs.registry.PROVIDER_MODULES``).
 
 - ``at <time>``: a job checked every minute that sends once the time has come;
+- coupon redemptions: every 5 minutes, orders carrying an issued code redeem it;
 - a recurring schedule (``daily at 09:00``, cron): each run plans again (a new audience, the
   same holdout) and sends with the occurrence in the idempotency key. A plan above the
   approval threshold waits for an approval like a manual one.
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from rapport.campaigns.coupons import redeem
 from rapport.campaigns.plan import plan
 from rapport.campaigns.send import send
 from rapport.campaigns.store import load, send_at
@@ -69,4 +71,13 @@ def campaign_jobs(ws: Workspace) -> list[Job]:
     return out
 
 
+def coupon_jobs(ws: Workspace) -> list[Job]:
+    return [Job("coupons:redeem", "Coupon redemptions", "every 5 minutes", _redeem)]
+
+
+def _redeem(ws: Workspace, at: datetime) -> dict[str, Any]:
+    return redeem(ws)
+
+
 register("campaigns", campaign_jobs)
+register("coupons", coupon_jobs)

@@ -19,6 +19,7 @@ from pyroaring import BitMap
 from sqlalchemy import select
 
 from rapport.accounts import now
+from rapport.campaigns.content import ContentFunctions
 from rapport.campaigns.model import CampaignError
 from rapport.campaigns.store import load, send_at, set_state
 from rapport.db.tables import campaign_recipients, channels
@@ -70,10 +71,18 @@ def attributes(ws: Workspace, persons: Sequence[int]) -> dict[int, dict[str, Any
     return out
 
 
-def render_for(content: dict[str, str], person_key: int, attrs: dict[str, Any]) -> dict[str, str]:
-    """Each content field rendered with the person's attributes; a missing variable is an
-    error naming the field, the variable and the person."""
+def render_for(
+    content: dict[str, str],
+    person_key: int,
+    attrs: dict[str, Any],
+    functions: ContentFunctions | None = None,
+) -> dict[str, str]:
+    """Each content field rendered with the person's attributes (and ``coupon``, ``link``,
+    ``qr`` when ``functions`` are given); a missing variable is an error naming the field,
+    the variable and the person."""
     context = {**attrs, "person_key": person_key}
+    if functions is not None:
+        context.update(functions.for_person(person_key))
     out = {}
     for field, source in content.items():
         try:
@@ -136,8 +145,9 @@ def plan(ws: Workspace, ref: int | str, actor: str) -> dict[str, Any]:
     rest = list(members - holdout)
     stopped = _suppressed(ws, campaign, rest)
     to_send = [p for p in rest if p not in stopped]
+    functions = ContentFunctions(ws, cid, issuing=False)
     samples = {
-        p: render_for(campaign["content"], p, a)
+        p: render_for(campaign["content"], p, a, functions)
         for p, a in attributes(ws, to_send[:SAMPLES]).items()
     }
     _store(
@@ -196,6 +206,11 @@ def preview(ws: Workspace, ref: int | str, person_key: int | None = None) -> dic
     return {
         "person_key": person_key,
         "attributes": attrs,
-        "message": render_for(campaign["content"], person_key, attrs),
+        "message": render_for(
+            campaign["content"],
+            person_key,
+            attrs,
+            ContentFunctions(ws, campaign["id"], issuing=False),
+        ),
         "plan": campaign["summary"],
     }

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from rapport.campaigns.content import ContentFunctions
 from rapport.campaigns.model import CampaignError, CampaignForbidden
 from rapport.campaigns.plan import CHUNK, attributes, render_for
 from rapport.campaigns.store import load, set_state
@@ -90,13 +91,15 @@ def send(ws: Workspace, ref: int | str, occurrence: str = "") -> dict[str, Any]:
         set_state(conn, campaign["id"], status="sending", progress=progress)
     cid, channel, content = campaign["id"], campaign["channel"], campaign["content"]
     prefix = f"campaign:{cid}:{occurrence + ':' if occurrence else ''}"
+    functions = ContentFunctions(ws, cid, issuing=True)
     after = -1
     while persons := _recipients(ws, cid, after):
         attrs = attributes(ws, persons)
+        functions.chunk(persons)
         messages = [
             {
                 "key": f"{prefix}{p}",
-                "payload": _payload(render_for(content, p, attrs[p]), p, cid, attrs[p]),
+                "payload": _payload(render_for(content, p, attrs[p], functions), p, cid, attrs[p]),
                 "person_key": p,
                 "origin": f"campaign:{cid}",
             }

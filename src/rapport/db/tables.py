@@ -596,3 +596,57 @@ campaign_recipients = Table(
     Column("role", String(10), nullable=False),  # send | holdout | suppressed
     Column("reason", String(200)),
 )
+
+
+# -- coupons and trackable links (issue 6) ---------------------------------------------------------
+
+#: a coupon: codes uploaded as a ``pool`` or ``generated`` (prefix + random part) when issued
+coupons = Table(
+    "coupons",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="SET NULL")),
+    Column("kind", String(10), nullable=False),  # pool | generated
+    Column("prefix", String(40), nullable=False, default=""),
+    Column("value", String(200), nullable=False, default=""),  # "10% off", shown to users
+    Column("valid_until", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+#: one code; issued once per (coupon, campaign, person), redeemed by an order event
+coupon_codes = Table(
+    "coupon_codes",
+    metadata,
+    Column("code", String(100), primary_key=True),
+    Column("coupon_id", Integer, ForeignKey("coupons.id", ondelete="CASCADE"), nullable=False),
+    Column("campaign_id", Integer),
+    Column("person_key", Integer),  # NULL: a pool code not issued yet
+    Column("issued_at", DateTime(timezone=True)),
+    Column("redeemed_at", DateTime(timezone=True)),
+    Column("order_event_id", String(200)),
+    UniqueConstraint("coupon_id", "campaign_id", "person_key"),
+)
+
+#: a target URL of a campaign's content; tokens name it (and the person) by id
+links = Table(
+    "links",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("campaign_id", Integer, ForeignKey("campaigns.id", ondelete="CASCADE")),
+    Column("target", Text, nullable=False),
+    UniqueConstraint("campaign_id", "target"),
+)
+
+#: a click on a link, a scan of its QR code, or a registration that came through it
+link_clicks = Table(
+    "link_clicks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("campaign_id", Integer, index=True),
+    Column("person_key", Integer),
+    Column("link_id", Integer, ForeignKey("links.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(10), nullable=False),  # click | scan | register
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("user_agent", String(300)),
+)

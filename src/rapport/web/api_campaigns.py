@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response, status
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from rapport.accounts import Role, audit
+from rapport.analytics import to_csv
 from rapport.campaigns import (
     CampaignError,
     CampaignIn,
@@ -29,7 +30,10 @@ from rapport.campaigns import (
     send,
     update_campaign,
 )
+from rapport.campaigns.content import ContentFunctions
 from rapport.campaigns.plan import attributes
+from rapport.campaigns.results import results
+from rapport.warehouse import WarehouseBusy
 from rapport.web.auth import Principal, redactor, require
 
 router = APIRouter(prefix="/api/campaigns", tags=["campaigns"])
@@ -106,7 +110,9 @@ async def render(
     """Unsaved content rendered for a person (the editor's live preview)."""
     ws = request.app.state.ws
     attrs = (await run_in_threadpool(attributes, ws, [person]))[person]
-    return redactor(request)({"person_key": person, "message": render_for(content, person, attrs)})
+    preview = ContentFunctions(ws, None, issuing=False)  # coupon(), link(), qr(): nothing issued
+    message = render_for(content, person, attrs, preview)
+    return redactor(request)({"person_key": person, "message": message})
 
 
 @router.post("/{ref}/approve")
@@ -138,6 +144,34 @@ def cancel_it(
     cancelled = cancel(ws, ref)
     audit(ws.db, who.name, "campaign.cancel", ref)
     return cancelled
+
+
+async def _report(request: Request, ref: str) -> dict[str, Any]:
+    try:
+        return await run_in_threadpool(results, request.app.state.ws, ref)
+    except WarehouseBusy as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
+
+
+@router.get("/{ref}/results")
+async def results_of(
+    ref: str, request: Request, _: Principal = Depends(require())
+) -> dict[str, Any]:
+    """Counts by delivery status, engagement, conversions, revenue, cost, ROI, coupons, the
+    7-day conversion trend and the uplift over the holdout (docs/campaigns.md, "Results")."""
+    return await _report(request, ref)
+
+
+@router.get("/{ref}/results.csv", response_class=Response)
+async def results_csv(ref: str, request: Request, _: Principal = Depends(require())) -> Response:
+    """The conversion trend: per day since each person's clock, treated vs holdout."""
+    report = await _report(request, ref)
+    name = f"campaign-{report['campaign']['id']}-trend.csv"
+    return Response(
+        to_csv({"table": report["trend"]}),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
 
 
 async def _failed(request: Request, exc: Exception) -> Response:

@@ -15,6 +15,7 @@ def mount(app: FastAPI) -> None:
         api_analytics,
         api_campaigns,
         api_conditions,
+        api_coupons,
         api_delivery,
         api_events,
         api_identity,
@@ -34,6 +35,7 @@ def mount(app: FastAPI) -> None:
         collector,
         console,
         health,
+        track,
         unsubscribe,
     )
     from rapport.web.console import analytics as console_analytics
@@ -49,7 +51,7 @@ def mount(app: FastAPI) -> None:
     modules += [api_leads, console_leads]
     modules += [api_delivery, unsubscribe]
     modules += [api_personalize]
-    modules += [api_campaigns]
+    modules += [api_campaigns, api_coupons, track]
     modules += [api_recommend, console_recommendations]
     modules += [api_analytics, console_analytics]
     modules += [api_events, api_quarantine, api_users, api_persons, api_identity, console]

@@ -1,6 +1,7 @@
 """Console pages of campaigns: the list, the wizard (audience → channel and content with a
 live preview for a sample person → schedule, holdout, goal and cost) and a campaign's page
-(plan summary, approve, send, cancel). Plugged in by ``rapport.web.api_campaigns.setup``.
+(plan summary, approve, send, cancel, and once sent the results with the conversion trend
+chart and the uplift over the holdout). Plugged in by ``rapport.web.api_campaigns.setup``.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from rapport.campaigns import (
     render_for,
     send,
 )
+from rapport.campaigns.content import ContentFunctions
 from rapport.campaigns.plan import attributes
+from rapport.campaigns.results import results
 from rapport.db.tables import channels
 from rapport.segments.store import list_segments
+from rapport.warehouse import WarehouseBusy
 from rapport.web.auth import Principal, require
 from rapport.web.console.pages import flash, page, problem, render
 
@@ -95,7 +99,8 @@ async def live_preview(request: Request, _: Principal = Depends(require(*EDIT)))
         key = int(person)
         attrs = (await run_in_threadpool(attributes, request.app.state.ws, [key]))[key]
         try:
-            context["message"] = render_for(_content(form), key, attrs)
+            preview = ContentFunctions(request.app.state.ws, None, issuing=False)
+            context["message"] = render_for(_content(form), key, attrs, preview)
         except CampaignError as exc:
             context["error"] = str(exc)
     return render(request, "campaigns/_preview.html", **context)
@@ -111,16 +116,48 @@ async def create(request: Request, who: Principal = Depends(require(*EDIT))) -> 
     return Response(status_code=200, headers={"HX-Redirect": f"/campaigns/{created['id']}"})
 
 
+def trend_chart(report: dict[str, Any]) -> dict[str, Any]:
+    """The conversion trend: cumulative rate (%) per day since the clock, treated vs holdout."""
+    rows = report["trend"]["rows"]
+
+    def line(name: str, at: int, color: str) -> dict[str, Any]:
+        rates = [None if r[at] is None else round(100 * r[at], 2) for r in rows]
+        return {"name": name, "type": "line", "data": rates, "itemStyle": {"color": color}}
+
+    return {
+        "grid": {"left": 50, "right": 20, "top": 35, "bottom": 30},
+        "legend": {"top": 0},
+        "tooltip": {"trigger": "axis"},
+        "xAxis": {"type": "category", "data": [f"day {r[0]}" for r in rows]},
+        "yAxis": {"type": "value", "axisLabel": {"formatter": "{value} %"}},
+        "series": [line("treated", 3, "#6366f1"), line("holdout", 6, "#9ca3af")],
+    }
+
+
+def _page_data(ws: Any, ref: str) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
+    """The campaign, its results once messages were enqueued, and whether the warehouse was
+    too busy to count conversions."""
+    found = get_campaign(ws, ref)
+    try:
+        report = results(ws, found["id"])
+    except WarehouseBusy:
+        return found, None, True
+    return found, report if report["sent"] else None, False
+
+
 @router.get("/campaigns/{ref}", response_class=HTMLResponse)
 async def campaign_page(
     ref: str, request: Request, who: Principal = Depends(page())
 ) -> HTMLResponse:
-    found = await run_in_threadpool(get_campaign, request.app.state.ws, ref)
+    found, report, busy = await run_in_threadpool(_page_data, request.app.state.ws, ref)
     return render(
         request,
         "campaigns/show.html",
         title=f"Campaign {found['name']}",
         c=found,
+        r=report,
+        busy=busy,
+        trend=trend_chart(report) if report else None,
         can_edit=who.role in (Role.admin, *EDIT),
         me=who.name,
     )
