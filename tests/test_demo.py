@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -188,3 +188,28 @@ def test_the_mess_is_there() -> None:
     assert max(len(p) for p in people_per_device.values()) >= 2
     # premium fridges viewed for a long time: the seeds' lead example exists in the data
     assert b'"category":"fridge","price":8999.0,"duration_s"' in chunk.jsonl["app"]
+
+
+def test_marketing_campaign_has_results_from_the_data(demo: tuple[Path, str]) -> None:
+    """Sent 10 days before the data end to a call list, exported: every message delivered at
+    that time, and the 7-day trend and uplift computed from the data's own orders."""
+    from rapport.campaigns.results import results
+    from rapport.demo.marketing import AUDIENCE, CAMPAIGN, PLACEMENT, SEND_DAYS
+    from rapport.personalize.choose import choose
+    from rapport.segments.store import members
+
+    home, output = demo
+    assert "Marketing" in output and "uplift vs holdout" in output
+    ws = Workspace(load_settings(home=home))
+    r = results(ws, CAMPAIGN)
+    end = datetime.fromisoformat(files_of(home).window_end)
+    assert r["campaign"]["status"] == "sent" and r["goal_event"] == "order_paid"
+    assert datetime.fromisoformat(r["sent_at"]) == end - timedelta(days=SEND_DAYS)
+    assert r["sent"] == r["delivered"] == r["planned"] > 0 and r["holdout"] > 0
+    assert r["coupons_issued"] == r["sent"]
+    assert len(r["trend"]["rows"]) == 7 and r["uplift"]["absolute"] is not None
+    assert r["trend"]["rows"][-1][2] == r["converted"]
+    assert choose(ws, PLACEMENT, None).content["title"] == "Spring sale"  # the default
+    high_value = next(iter(members(ws, AUDIENCE)))
+    assert choose(ws, PLACEMENT, high_value).variant == AUDIENCE
+    ws.close()

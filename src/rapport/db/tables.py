@@ -650,3 +650,58 @@ link_clicks = Table(
     Column("at", DateTime(timezone=True), nullable=False),
     Column("user_agent", String(300)),
 )
+
+# -- journeys (issue 6) ---------------------------------------------------------------------------
+#: an automated journey: entry trigger, entry rule, goal and a small graph of steps (JSON)
+journeys = Table(
+    "journeys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("description", Text, nullable=False, default=""),
+    Column("status", String(10), nullable=False),  # draft | live | paused
+    Column("definition", JSON, nullable=False),  # entry, entry_rule, goal, nodes
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: where each person stands in a journey (kept after they finish: entry rules read it)
+journey_positions = Table(
+    "journey_positions",
+    metadata,
+    Column(
+        "journey_id",
+        Integer,
+        ForeignKey("journeys.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("person_key", Integer, primary_key=True, index=True),
+    Column("seq", Integer, nullable=False),  # how many times the person entered
+    Column("node", String(100)),  # NULL once finished
+    Column("since", DateTime(timezone=True), nullable=False),  # event time at the node
+    Column("deadline", DateTime(timezone=True)),  # a wait's end (event time)
+    Column("entered_at", DateTime(timezone=True), nullable=False),
+    Column("status", String(10), nullable=False),  # active | done | goal | merged
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+#: what each person did in a journey, one row per step (``key`` makes a replay a no-op)
+journey_log = Table(
+    "journey_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "journey_id",
+        Integer,
+        ForeignKey("journeys.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("person_key", Integer, nullable=False, index=True),
+    Column("seq", Integer, nullable=False),
+    Column("node", String(100)),
+    Column("action", String(20), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("detail", JSON),
+    Column("key", String(200), nullable=False, unique=True),
+)

@@ -65,6 +65,7 @@ def cli(
     # imported here: every `rapport` command loads this module, only `demo` needs these
     from rapport.demo import load
     from rapport.demo.generate import generate
+    from rapport.demo.marketing import print_marketing, run_marketing
     from rapport.workspace import Workspace
 
     console = Console()
@@ -94,9 +95,13 @@ def cli(
         report.identity = load.resolve_identities(ws)
         progress.update(task, total=1, completed=1)
         report.labels = load.label_people(ws, progress)
+        task = progress.add_task("marketing: campaign, banner", total=None)
+        marketing = run_marketing(ws, end)
+        progress.update(task, total=1, completed=1)
     report.quarantine = load.quarantine_counts(ws)
     ws.close()
     _summary(console, files, report)
+    print_marketing(console, marketing)
     url = f"http://{host or ws.settings.host}:{port or ws.settings.port}/"
     console.print(f"Console: [bold]{url}[/bold]")
     if password:

@@ -87,7 +87,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: providers by import path ("module:factory"); a factory takes no argument
-PROVIDERS: list[str] = ["rapport.segments.live:AudienceProvider", "rapport.leads.live:LeadProvider"]
+PROVIDERS: list[str] = [
+    "rapport.segments.live:AudienceProvider",
+    "rapport.leads.live:LeadProvider",
+    "rapport.journeys.live:JourneyProvider",
+]
 #: providers that read or write the warehouse: they stay in the follower when the stream is
 #: scaled out (``stream_backend = "nats"``); the others run in the workers
 WAREHOUSE_PROVIDERS = frozenset({"rapport.segments.live:AudienceProvider"})

@@ -21,6 +21,7 @@ def mount(app: FastAPI) -> None:
         api_identity,
         api_imports,
         api_jobs,
+        api_journeys,
         api_leads,
         api_personalize,
         api_persons,
@@ -40,6 +41,7 @@ def mount(app: FastAPI) -> None:
     )
     from rapport.web.console import analytics as console_analytics
     from rapport.web.console import jobs as console_jobs
+    from rapport.web.console import journeys as console_journeys
     from rapport.web.console import leads as console_leads
     from rapport.web.console import recommendations as console_recommendations
 
@@ -52,6 +54,7 @@ def mount(app: FastAPI) -> None:
     modules += [api_delivery, unsubscribe]
     modules += [api_personalize]
     modules += [api_campaigns, api_coupons, track]
+    modules += [api_journeys, console_journeys]
     modules += [api_recommend, console_recommendations]
     modules += [api_analytics, console_analytics]
     modules += [api_events, api_quarantine, api_users, api_persons, api_identity, console]
