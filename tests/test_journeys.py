@@ -232,7 +232,7 @@ def test_console_pages_show_counts_per_node(ws, client):
     assert listing.status_code == 200 and f"/journeys/{jid}" in listing.text
     page = client.get(f"/journeys/{jid}")
     assert page.status_code == 200
-    assert '<td class="num">1</td>' in page.text  # one person waiting at node w
+    assert '<td class="num node-count">1</td>' in page.text  # one person waiting at node w
 
 
 def test_positions_and_log_are_upserted_on_postgresql(pg_url, migrated_home, tmp_path):
@@ -254,3 +254,57 @@ def test_positions_and_log_are_upserted_on_postgresql(pg_url, migrated_home, tmp
     finally:
         engine.forget(w)
         w.close()
+
+
+def test_repurchase_waits_for_the_persons_own_cycle(ws):
+    """a orders every 10 days: the reminder comes 10 days after the last order; b ordered
+    once: the 30-day fallback."""
+    cycle = {"cycle": "order_paid", "fallback_days": 30, "min_orders": 2}
+    jid = journey(
+        ws,
+        [{"id": "w", "kind": "wait", "params": cycle, "next": "s"}, sms("s")],
+        entry_rule="every_time",
+        goal={"event": "order_paid"},
+        entry={"event": "order_paid"},
+    )
+    orders = [("a", "order_paid", T0 + i * 10 * DAY) for i in range(3)]
+    send(ws, *orders, ("b", "order_paid", T0 + 5 * DAY))
+    send(ws, ("z", "page_view", T0 + 29 * DAY))
+    run(ws)
+    assert sent(ws) == []
+    assert where(ws, jid, "a")["deadline"].replace(tzinfo=UTC) == T0 + 30 * DAY
+    send(ws, ("z", "page_view", T0 + 31 * DAY))
+    run(ws)
+    assert sent(ws) == [(person(ws, "a"), "s")]
+    send(ws, ("z", "page_view", T0 + 36 * DAY))
+    run(ws)
+    assert sent(ws)[1:] == [(person(ws, "b"), "s")]
+    waited = [s["at"] for s in store.of_person(ws, person(ws, "b"))[0]["steps"]
+              if s["action"] == "waited"]  # fmt: skip
+    assert [t.replace(tzinfo=UTC) for t in waited] == [T0 + 35 * DAY]
+
+
+def test_a_scheduled_entry_lets_the_audience_in_at_each_run(ws):
+    from pyroaring import BitMap
+
+    from rapport.journeys.jobs import journey_jobs
+    from rapport.segments.bitmaps import put_segment
+    from rapport.segments.store import insert_segment
+
+    send(ws, ("a", "page_view", T0), ("b", "page_view", T0), ("c", "page_view", T0))
+    run(ws)
+    entry = {"schedule": "daily at 09:00", "audience": "fans"}
+    with pytest.raises(JourneyError, match="no audience 'fans'"):
+        journey(ws, [sms("s")], entry=entry)
+    insert_segment(ws, "fans", "audience", {"condition": None}, mode="static")
+    put_segment(ws, "fans", {None: BitMap([person(ws, "a"), person(ws, "b")])})
+    jid = journey(ws, [sms("s")], entry=entry, entry_rule="every_time")
+    (job,) = [j for j in journey_jobs(ws) if j.key == "journey:j"]
+    assert job.schedule == "daily at 09:00"
+    assert job.run(ws, T0 + DAY)["accepted"] == 2
+    assert job.run(ws, T0 + DAY)["duplicate"] == 2  # the same run again: nobody twice
+    run(ws)
+    assert sorted(sent(ws)) == sorted([(person(ws, "a"), "s"), (person(ws, "b"), "s")])
+    job.run(ws, T0 + 2 * DAY)  # the next day's run: every time, so again
+    run(ws)
+    assert len(sent(ws)) == 4 and where(ws, jid, "a")["seq"] == 2

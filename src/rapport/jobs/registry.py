@@ -49,7 +49,12 @@ def unregister(name: str) -> None:
 
 #: modules that ``register`` providers when imported (after the built-ins); a missing one is
 #: skipped, like ``cli._register``'s sub-commands. Packages add one line here.
-PROVIDER_MODULES = ["rapport.leads.jobs", "rapport.campaigns.jobs", "rapport.recommend.jobs"]
+PROVIDER_MODULES = [
+    "rapport.leads.jobs",
+    "rapport.campaigns.jobs",
+    "rapport.recommend.jobs",
+    "rapport.journeys.jobs",
+]
 _imported = False
 
 

@@ -27,6 +27,7 @@ from rapport.conditions.to_stream import StreamRule, compile_rule
 from rapport.db.tables import journey_log, journey_positions, journeys
 from rapport.delivery.errors import DeliveryError
 from rapport.delivery.outbox import enqueue_many, utc
+from rapport.journeys.model import CYCLE_LOOKBACK
 from rapport.journeys.store import live
 from rapport.stream.core import Reads, reads_of
 from rapport.stream.state import Retention
@@ -105,10 +106,11 @@ class JourneyRule:
         self.until = {n: compile_rule(c).predicate for n, c in j.until.items()}
         branches = {n: compile_rule(c, attr_types=attr_types) for n, c in j.conditions.items()}
         self.branches = {n: r.predicate for n, r in branches.items()}
-        interest: set[str] | None = {j.entry.event, *(c.event for c in j.until.values())}
+        waited = [c.event for c in j.until.values()] + [c.event for c in j.cycles.values()]
+        interest: set[str] | None = {j.entry.event, *waited}
         if j.goal is not None:
             interest.add(j.goal.event)  # type: ignore[union-attr]
-        retention = Retention()
+        retention = Retention(CYCLE_LOOKBACK if j.cycles else timedelta(0))
         reads = Reads()
         for n, r in branches.items():
             interest = None if interest is None or r.interest is None else interest | r.interest
@@ -237,12 +239,24 @@ class JourneyRule:
                 return
             pos.node, pos.since, pos.deadline = node.id, at, None
             if node.kind == "wait":
-                pos.deadline = at + j.durations[node.id]
+                pos.deadline = at + self._length(state, node.id, at)
                 steps.append(Step(node.id, "wait", at, {"until": pos.deadline.isoformat()}))
                 return
             nid = self._act(state, pos, node, at, steps)
         pos.status, pos.node, pos.deadline = "done", None, None
         steps.append(Step(None, "stopped", at, {"why": f"more than {MAX_STEPS} steps"}))
+
+    def _length(self, state: PersonState, nid: str, at: datetime) -> timedelta:
+        """A wait's length from ``at``: fixed, or the person's own cycle as of ``at``."""
+        cycle = self.journey.cycles.get(nid)
+        if cycle is None:
+            return self.journey.durations[nid]
+        times = [r.ts for r in state.of(cycle.event) if at - CYCLE_LOOKBACK <= r.ts <= at]
+        if len(times) < cycle.min_events:
+            return cycle.fallback
+        gaps = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+        mid = len(gaps) // 2
+        return gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
 
     def _act(
         self, state: PersonState, pos: Position, node: Node, at: datetime, steps: list[Step]

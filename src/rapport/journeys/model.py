@@ -2,6 +2,7 @@
 
 ```json
 {"entry": {"event": "register"} | "register where ...",   # an ``EventIs`` (JSON or text)
+          | {"schedule": "daily at 09:00", "audience": "vip"},  # members enter (``jobs``)
  "entry_rule": "once" | "every_time" | {"once_per": {"amount": 30, "unit": "days"}},
  "goal": {"event": "order_paid"},                           # optional: leaving on it
  "nodes": [{"id": "w1", "kind": "wait", "params": {"duration": "1 days"}, "next": "b1"}, ...]}
@@ -10,6 +11,8 @@
 The first node is where a person starts. ``next`` is a node id, or for labelled exits a
 mapping: ``branch`` {yes, no}, ``wait`` until an event {event, timeout}, ``split`` {arm: id}.
 A missing ``next`` ends the journey there.
+A wait is a ``duration``, an event ``until`` with a ``timeout``, or the person's own
+``cycle`` (the median interval between their events of that name, with a fallback).
 """
 
 from __future__ import annotations
@@ -20,8 +23,26 @@ from typing import Any
 
 from rapport.conditions.model import Condition, EventIs
 from rapport.conditions.validate import ValidationContext
+from rapport.jobs.schedule import ScheduleError
+from rapport.jobs.schedule import parse as parse_schedule
 from rapport.leads.rules import RuleError, parse_condition, parse_cooldown
 
+#: how far back a wait's purchase cycle looks at the person's events (and the rule keeps them)
+CYCLE_LOOKBACK = timedelta(days=365)
+#: the system event a scheduled entry's job emits per audience member (``journeys.jobs``)
+SCHEDULED = "journey_scheduled"
+SCHEDULED_PLAN = f"""
+events:
+  {SCHEDULED}:
+    kind: system
+    description: A scheduled journey entry let a member of its audience in (emitted by Rapport).
+    properties:
+      journey:
+        type: string
+        required: true
+      audience: string
+      person: integer
+"""
 KINDS = ("wait", "branch", "split", "send", "tag", "lead", "webhook", "exit")
 STATUSES = ("draft", "live", "paused")
 #: the labels a node's ``next`` mapping must have, per kind (others take a plain id)
@@ -48,6 +69,16 @@ class Node:
 
 
 @dataclass(frozen=True, slots=True)
+class Cycle:
+    """A wait as long as the person's own cycle: the median interval between their
+    ``event`` events (``CYCLE_LOOKBACK``), ``fallback`` with fewer than ``min_events``."""
+
+    event: str
+    fallback: timedelta
+    min_events: int
+
+
+@dataclass(frozen=True, slots=True)
 class Journey:
     """A saved journey, typed: what the stream rule runs."""
 
@@ -60,10 +91,15 @@ class Journey:
     goal: EventIs | None
     nodes: dict[str, Node]
     first: str
-    #: parsed per node: a wait's length / timeout, a wait's event, a branch's condition
+    #: parsed per node: a wait's length / timeout, a wait's event, a branch's condition,
+    #: a wait on the person's own cycle
     durations: dict[str, timedelta]
     until: dict[str, EventIs]
     conditions: dict[str, Condition]
+    cycles: dict[str, Cycle]
+    #: a scheduled entry (``{"schedule", "audience"}``): its job's schedule text and audience
+    schedule: str | None = None
+    audience: str | None = None
 
 
 def _err(node: str, message: str) -> dict[str, str]:
@@ -113,7 +149,11 @@ def parse(
     and conditions, ``channels`` (name -> kind) the send and webhook channels, ``lead_rules``
     the lead nodes' rules; each is skipped when None."""
     errors: list[dict[str, str]] = []
-    entry = _event("entry", definition.get("entry"), errors)
+    raw_entry, schedule, audience = definition.get("entry"), None, None
+    if isinstance(raw_entry, dict) and "schedule" in raw_entry:
+        schedule, audience = _scheduled(raw_entry, errors)
+        raw_entry = {"event": SCHEDULED, "where": [{"field": "journey", "op": "=", "value": name}]}
+    entry = _event("entry", raw_entry, errors)
     goal = _event("goal", definition["goal"], errors) if definition.get("goal") else None
     rule = definition.get("entry_rule", "once")
     period = None
@@ -136,10 +176,16 @@ def parse(
     durations: dict[str, timedelta] = {}
     until: dict[str, EventIs] = {}
     conditions: dict[str, Condition] = {}
+    cycles: dict[str, Cycle] = {}
     for node in nodes.values():
         _check_node(node, nodes, durations, until, conditions, errors, channels, lead_rules)
+        cycle = _cycle(node, errors) if node.kind == "wait" and "cycle" in node.params else None
+        if cycle is not None:
+            cycles[node.id] = cycle
     if ctx is not None:
-        checked = [("entry", entry), ("goal", goal), *until.items(), *conditions.items()]
+        cycle_events = [(n, EventIs(event=c.event)) for n, c in cycles.items()]
+        checked = [("entry", entry), ("goal", goal), *until.items(), *conditions.items(),
+                   *cycle_events]  # fmt: skip
         for where, cond in checked:
             if cond is not None:
                 errors += [_err(where, f"{e.path} {e.message}") for e in ctx.check(cond)]
@@ -148,7 +194,7 @@ def parse(
         raise JourneyError(errors)
     return Journey(
         jid, name, status, entry, rule, period, goal, nodes, next(iter(nodes)),
-        durations, until, conditions,
+        durations, until, conditions, cycles, schedule, audience,
     )  # fmt: skip
 
 
@@ -167,7 +213,7 @@ def _check_node(
         if target not in nodes:
             errors.append(_err(nid, f"next{'.' + label if label else ''}: no node {target!r}"))
     labels: tuple[str, ...] = LABELS.get(node.kind, ("",))
-    if node.kind == "wait":
+    if node.kind == "wait" and "cycle" not in p:  # a cycle: ``_cycle``
         key = "timeout" if "until" in p else "duration"
         if (d := _duration(nid, p.get(key), errors)) is not None:
             durations[nid] = d
@@ -207,6 +253,33 @@ def _check_node(
         errors.append(_err(nid, f"next must name {want}"))
     elif node.kind == "exit" and node.next:
         errors.append(_err(nid, "an exit has no next"))
+
+
+def _scheduled(raw: dict[str, Any], errors: list[dict[str, str]]) -> tuple[str, str]:
+    """``{"schedule": "daily at 09:00", "audience": "vip"}``: its schedule and audience."""
+    schedule, audience = str(raw.get("schedule") or ""), str(raw.get("audience") or "")
+    try:
+        parse_schedule(schedule)
+    except ScheduleError as exc:
+        errors.append(_err("entry", f"schedule: {exc}"))
+    if not audience:
+        errors.append(_err("entry", "audience: the audience whose members enter at each run"))
+    return schedule, audience
+
+
+def _cycle(node: Node, errors: list[dict[str, str]]) -> Cycle | None:
+    """``{"cycle": event, "fallback_days": 30, "min_orders": 2}``."""
+    p = node.params
+    event, fallback, least = p.get("cycle"), p.get("fallback_days"), p.get("min_orders", 2)
+    if not isinstance(event, str) or not event:
+        errors.append(_err(node.id, "cycle: the name of the event whose interval is the wait"))
+    elif not isinstance(fallback, int) or fallback <= 0:
+        errors.append(_err(node.id, "fallback_days: a whole number of days > 0"))
+    elif not isinstance(least, int) or least < 2:
+        errors.append(_err(node.id, "min_orders: a whole number >= 2 (an interval needs two)"))
+    else:
+        return Cycle(event, timedelta(days=fallback), least)
+    return None
 
 
 def _cycles(nodes: dict[str, Node]) -> list[dict[str, str]]:

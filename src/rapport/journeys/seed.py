@@ -4,9 +4,9 @@
   still no order? → reminder SMS; leaves on the first ``order_paid`` (the goal);
 - win-back: ``lifecycle_changed`` to silent or lost → branch "high value" (at least 3 paid
   orders ever) → tag intent ``winback=yes`` → win-back SMS; leaves on ``order_paid``;
-- repurchase: every ``order_paid`` → wait 30 days → reminder SMS, unless they ordered again
-  (the goal). Approximation: the per-person purchase cycle is not on the stream, so the wait
-  is the catalogue-wide typical cycle (30 days); a new order restarts the clock.
+- repurchase: every ``order_paid`` → wait the person's own purchase cycle (the median
+  interval between their orders of the last year; 30 days with fewer than 2 orders) →
+  reminder SMS, unless they ordered again (the goal: a new order restarts the clock).
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def definitions(channel: str = "sms") -> dict[str, dict[str, Any]]:
             "entry_rule": "every_time",
             "goal": {"event": "order_paid"},
             "nodes": [
-                {"id": "cycle", "kind": "wait", "params": {"duration": "30 days"}, "next": "nudge"},
+                {"id": "cycle", "kind": "wait",
+                 "params": {"cycle": "order_paid", "fallback_days": 30, "min_orders": 2},
+                 "next": "nudge"},
                 _sms("nudge", "Time to stock up again?", channel),
             ],
         },

@@ -10,7 +10,16 @@ from rapport.accounts import now
 from rapport.conditions.validate import context
 from rapport.db.tables import channels, journey_log, journey_positions, journeys, lead_rules
 from rapport.delivery.outbox import utc
-from rapport.journeys.model import STATUSES, Journey, JourneyError, parse
+from rapport.journeys.model import (
+    SCHEDULED,
+    SCHEDULED_PLAN,
+    STATUSES,
+    Journey,
+    JourneyError,
+    parse,
+)
+from rapport.segments.store import find_segment
+from rapport.segments.system_events import system_source
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -23,11 +32,21 @@ class JourneyNotFound(LookupError):
 
 
 def check(ws: Workspace, name: str, definition: dict[str, Any]) -> Journey:
-    """The journey parsed against the workspace's plan, channels and lead rules."""
+    """The journey parsed against the workspace's plan, channels and lead rules (a scheduled
+    entry declares its system event first, and needs an existing audience)."""
+    entry = definition.get("entry")
+    if isinstance(entry, dict) and "schedule" in entry:
+        system_source(ws, [SCHEDULED], SCHEDULED_PLAN)
+        if find_segment(ws, str(entry.get("audience") or "")) is None:
+            raise JourneyError([_no_audience(entry.get("audience"))])
     with ws.db.connect() as conn:
         kinds = {str(r.name): str(r.kind) for r in conn.execute(select(channels))}
         rules = {str(n) for n in conn.execute(select(lead_rules.c.name)).scalars()}
     return parse(0, name, "draft", definition, context(ws), kinds, rules)
+
+
+def _no_audience(name: Any) -> dict[str, str]:
+    return {"node": "entry", "message": f"audience: no audience {name!r}"}
 
 
 def _public(row: Any) -> dict[str, Any]:
