@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 RAPPORT := $(VENV)/bin/rapport
 PERSONS ?= 100000
 
-.PHONY: demo test lint bench install assets browser clean
+.PHONY: demo test test-long lint bench install assets browser clean
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -36,6 +36,10 @@ lint: $(VENV)/.synced
 test: install browser lint
 	$(VENV)/bin/pytest
 	$(VENV)/bin/pytest -m spark tests/test_conditions_spark.py  # the compilers on PySpark (~3 min)
+
+## Fault, fuzz and soak tests (issue 7): minutes each; .ci/run runs them when time allows.
+test-long: install browser
+	$(VENV)/bin/pytest -m long
 
 bench: install
 	$(VENV)/bin/pytest -m bench -s bench

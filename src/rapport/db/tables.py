@@ -705,3 +705,7 @@ journey_log = Table(
     Column("detail", JSON),
     Column("key", String(200), nullable=False, unique=True),
 )
+
+# -- manual tag values (issue 6) -------------------------------------------------------------------
+
+# -- security (issue 7) ----------------------------------------------------------------------------
