@@ -10,7 +10,10 @@ import typer
 from rapport.settings import get_settings
 from rapport.workspace import Workspace
 
-cli = typer.Typer(no_args_is_help=True, help="Scaled-out stream workers (NATS JetStream).")
+cli = typer.Typer(
+    no_args_is_help=True,
+    help="Scaled-out processes: identity (stage 1), rules (stage 2), dispatch, jobs.",
+)
 
 
 def _partitions(text: str, total: int) -> list[int]:
@@ -46,3 +49,57 @@ def rules(
     ws.init()
     typer.echo(f"worker: partitions {','.join(map(str, owned))} of {settings.nats_stream}")
     worker.main(ws, owned, batch)
+
+
+@cli.command("identity")
+def identity(
+    parent: int = typer.Option(None, help="Stop when this process id is no longer the parent."),
+) -> None:
+    """Stage 1: load the event log into the warehouse, resolve identities and publish the
+    persons' events to the partitions (one process; scheduled jobs run in ``worker jobs``)."""
+    import contextlib
+
+    from rapport.stream.follow import follow
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        follow(Workspace(), parent=parent, jobs_every=0)
+
+
+@cli.command("dispatch")
+def dispatch() -> None:
+    """Send due outbox messages; any number may run (messages are leased, never sent twice)."""
+    import contextlib
+
+    from rapport.delivery.dispatcher import dispatch as run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        run(get_settings())
+
+
+@cli.command("jobs")
+def jobs(
+    every: float = typer.Option(30.0, "--every", min=1.0, help="Seconds between checks."),
+) -> None:
+    """Run the scheduled jobs as they fall due; several may run (each job is leased)."""
+    import time
+
+    from rapport.jobs.runner import run_due
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    log = logging.getLogger("rapport.jobs")
+    ws = Workspace()
+    ws.init()
+    try:
+        while True:
+            try:
+                for record in run_due(ws):
+                    log.info("job %s: %s", record.get("key"), record.get("status"))
+            except Exception:  # noqa: BLE001 - a failed check must not stop the runner
+                log.exception("scheduled jobs check failed")
+            time.sleep(every)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ws.close()
