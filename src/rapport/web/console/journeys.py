@@ -1,6 +1,8 @@
-"""Journeys in the console: the list, a journey's page (its steps in order with the number of
-persons at each, go live / pause, the JSON definition editor) and where recent persons stand.
-Every action goes through ``rapport.journeys.store``, as ``/api/journeys`` does."""
+"""Journeys in the console: the list, a journey's page (the visual editor: the graph drawn as
+a canvas with the number of persons at each step, a side panel per step, go live / pause, the
+JSON definition as an advanced view) and where recent persons stand. The editor
+(``static/journey_editor.js``) keeps the definition JSON as its state and saves it through
+``/api/journeys``, so the API's checks (errors that name the node) are the editor's checks."""
 
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from rapport.accounts import Role, audit
+from rapport.delivery.channels import list_channels
 from rapport.journeys import store
 from rapport.journeys.model import JourneyError
 from rapport.journeys.seed import definitions
+from rapport.leads.rules import list_rules
+from rapport.tags.definitions import list_tags
 from rapport.web.auth import Principal, require
 from rapport.web.console.pages import page, render, toast
 
@@ -52,6 +57,49 @@ def index(request: Request, who: Principal = Depends(page())) -> HTMLResponse:
     )
 
 
+def _editor(
+    request: Request, journey: dict[str, Any] | None, counts: dict[str, int], can_edit: bool
+) -> str:
+    """What the editor script starts from (a ``data-editor`` attribute): the definition, the
+    persons per node, and the channels, lead rules and manual tags its pickers offer."""
+    ws = request.app.state.ws
+    blank = {"entry": {"event": ""}, "entry_rule": "once", "nodes": []}
+    config = {
+        "id": journey["id"] if journey else None,
+        "name": journey["name"] if journey else "",
+        "description": journey["description"] if journey else "",
+        "status": journey["status"] if journey else "draft",
+        "definition": journey["definition"] if journey else blank,
+        "counts": counts,
+        "channels": [{"name": c["name"], "kind": c["kind"]} for c in list_channels(ws.db)],
+        "lead_rules": [r["name"] for r in list_rules(ws.db)],
+        "manual_tags": [
+            {"name": t["name"], "values": (t.get("definition") or {}).get("values") or []}
+            for t in list_tags(ws.db)
+            if t.get("kind") == "manual"
+        ],
+        "can_edit": can_edit,
+    }
+    return json.dumps(config)
+
+
+@router.get("/journeys/new", response_class=HTMLResponse)
+def new(request: Request, who: Principal = Depends(page(*EDITORS))) -> HTMLResponse:
+    """An empty canvas: the journey is created (as a draft) by the editor's first save."""
+    return render(
+        request,
+        "journeys/detail.html",
+        journey=None,
+        nodes=[],
+        counts={},
+        statuses={},
+        positions=[],
+        editor=_editor(request, None, {}, True),
+        definition_json="",
+        can_edit=True,
+    )
+
+
 @router.get("/journeys/{ref}", response_class=HTMLResponse)
 def detail(request: Request, ref: str, who: Principal = Depends(page())) -> HTMLResponse:
     ws = request.app.state.ws
@@ -61,6 +109,7 @@ def detail(request: Request, ref: str, who: Principal = Depends(page())) -> HTML
     except store.JourneyNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     where = store.positions(ws, journey["id"], limit=50)
+    can_edit = who.role in (*EDITORS, Role.admin)
     return render(
         request,
         "journeys/detail.html",
@@ -69,8 +118,9 @@ def detail(request: Request, ref: str, who: Principal = Depends(page())) -> HTML
         counts=where["nodes"],
         statuses=where["statuses"],
         positions=where["positions"],
+        editor=_editor(request, journey, where["nodes"], can_edit),
         definition_json=json.dumps(journey["definition"], indent=2),
-        can_edit=who.role in (*EDITORS, Role.admin),
+        can_edit=can_edit,
     )
 
 
