@@ -20,10 +20,12 @@ from pyroaring import BitMap
 from conftest import copy_home
 from rapport.conditions.model import (
     And,
+    Compare,
     Condition,
     Did,
     Duration,
     Not,
+    Op,
     Sequence,
     Step,
     Window,
@@ -409,3 +411,219 @@ def test_a_person_in_memory_sees_a_later_tag_and_attribute_without_a_restart(ws)
     assert cart(T0 + 5 * MIN) == ["shanghai"]
     live_in("Beijing", T0 + 6 * MIN)
     assert cart(T0 + 8 * MIN) == []
+
+
+# -- per-event retention: a year of orders beside an hour of views ------------------------------
+class _Probe:
+    """A condition rule that reports its answer at every judgement (``stream.core.Rule``)."""
+
+    horizon = timedelta(0)
+
+    def __init__(self, key: str, cond: Condition, retention: Any = None) -> None:
+        from dataclasses import replace
+
+        from rapport.conditions.to_stream import compile_rule
+        from rapport.stream.core import reads_of
+
+        self.key, self.compiled, self.reads = key, compile_rule(cond), reads_of(cond)
+        if retention is not None:  # what only some events need
+            self.compiled = replace(self.compiled, retention=retention)
+
+    def on_event(self, state: Any, at: datetime, event: Any) -> tuple[int, datetime, bool]:
+        return state.person, at, self.compiled.predicate(state, at, event)
+
+    def on_timer(self, state: Any, at: datetime) -> tuple[int, datetime, bool]:
+        return state.person, at, self.compiled.predicate(state, at, None)
+
+    def on_merge(self, survivor: int, merged_away: int, at: datetime) -> None:
+        return None
+
+    def watched(self) -> list[int]:
+        return []
+
+
+class _Collect:
+    """A provider whose outputs are kept in memory (compared between two cores)."""
+
+    def __init__(self, name: str, rules: list[Any]) -> None:
+        self.name, self._rules, self.out = name, rules, list[Any]()
+
+    def version(self, ws: Any) -> int:
+        return 1
+
+    def rules(self, ws: Any) -> list[Any]:
+        return self._rules
+
+    def begin(self, ws: Any) -> None:
+        return None
+
+    def apply(self, ws: Any, outputs: list[Any]) -> None:
+        self.out.extend(outputs)
+
+
+def _year_core(everything: bool) -> tuple[Any, list[_Collect]]:
+    """A core with a 1-hour lead rule (3 views), a repurchase journey waiting on the person's
+    own order cycle (a year of orders), 1-hour probes (a filtered count, a sequence) and
+    probes over a year of orders only, whose memos see views come and go unread."""
+    from rapport.journeys.live import JourneyRule
+    from rapport.journeys.model import parse as parse_journey
+    from rapport.leads.live import LeadStreamRule
+    from rapport.leads.rules import LeadRule, parse_condition
+    from rapport.stream.core import Core
+    from rapport.stream.state import Retention
+
+    trigger = "sequence view_product where price >= 3000 then view_product then view_product"
+    lead = LeadRule(
+        id=1, name="hot", lead_type="hot", version=1,
+        trigger=parse_condition("trigger", f"{trigger} within 1 hours"),
+        conditions=None, suppression=None, cooldown=Duration(amount=1, unit="hours"),
+        score=50, priority=3, route="auto", mode="realtime", schedule=None, status="live",
+    )  # fmt: skip
+    cycle = {"cycle": "order_paid", "fallback_days": 30, "min_orders": 2}
+    definition = {
+        "entry": {"event": "order_paid"},
+        "entry_rule": "every_time",
+        "goal": {"event": "order_paid"},
+        "nodes": [
+            {"id": "w", "kind": "wait", "params": cycle, "next": "s"},
+            {"id": "s", "kind": "send", "params": {"channel": "sms", "content": {"text": "hi"}}},
+        ],
+    }
+    journey = JourneyRule(parse_journey(1, "repurchase", "live", definition), {}, {})
+    hour = Window(last=Duration(amount=1, unit="hours"))
+    dear = Compare(field="price", op=Op.ge, value=5000)  # a filter: the memo keeps matches
+    probes = [
+        _Probe("probe:count", Did(event="view_product", where=[dear], threshold=2, window=hour)),
+        _Probe(
+            "probe:seq",
+            Sequence(
+                steps=[Step(event="view_product"), Step(event="order_paid")],
+                within=Duration(amount=30, unit="minutes"),
+                window=hour,
+            ),
+        ),
+    ]
+    year = Window(last=Duration(amount=365, unit="days"))
+    orders = Retention(events=frozenset({("order_paid", timedelta(days=365))}))
+    paid = Compare(field="price", op=Op.ge, value=50)
+    probes += [
+        _Probe(
+            "probe:orders", Did(event="order_paid", where=[paid], threshold=8, window=year), orders
+        ),
+        _Probe(
+            "probe:repeat",
+            Sequence(
+                steps=[Step(event="order_paid"), Step(event="order_paid")],
+                within=Duration(amount=12, unit="days"),
+                window=year,
+            ),
+            orders,
+        ),
+    ]
+    providers = [
+        _Collect("lead", [LeadStreamRule(lead, {})]),
+        _Collect("journey", [journey]),
+        _Collect("probe", probes),
+    ]
+    core = Core(None, providers, lambda persons, ref: {})  # type: ignore[arg-type]
+    core.refresh_rules()
+    if everything:
+        core.retention = Retention.everything()
+    return core, providers
+
+
+def test_a_year_of_orders_does_not_keep_a_year_of_views() -> None:
+    """The merged retention is 1 hour for every event and a year for orders: after a year the
+    states hold the last hour's views and the year's orders, and every rule answers exactly as
+    with the whole history kept."""
+    from rapport.stream.state import EventRec, Retention
+
+    rng = random.Random(7)
+    events: list[tuple[int, EventRec]] = []
+    for p in range(3):
+        day = T0
+        next_order = T0 + rng.randint(0, 40) * DAY
+        while day < T0 + 380 * DAY:
+            t = day + rng.randint(0, 600) * MIN
+            if rng.random() < 0.7:  # a session of views, sometimes ending in an order
+                for _ in range(rng.randint(1, 6)):
+                    t += rng.randint(1, 25) * MIN
+                    price = rng.choice([100, 3000, 6000])
+                    events.append((p, EventRec(t, "view_product", {"price": price})))
+            if day >= next_order:
+                events.append((p, EventRec(t + MIN, "order_paid", {"price": 99})))
+                next_order = day + rng.randint(10, 40) * DAY
+            day += DAY
+    events.sort(key=lambda pe: pe[1].ts)
+    end = events[-1][1].ts + MIN
+    events += [(p, EventRec(end, "view_product", {"price": 100})) for p in range(3)]
+
+    cores = {everything: _year_core(everything) for everything in (False, True)}
+    assert cores[False][0].retention == Retention(
+        lookback=timedelta(hours=1), events=frozenset({("order_paid", timedelta(days=365))})
+    )
+    for core, _ in cores.values():
+        running = events[0][1].ts
+        for p, rec in events:
+            running = max(running, rec.ts)
+            core.feed(p, msgspec.structs.replace(rec), running)
+        core.advance(end + 60 * DAY)  # the waits still open end
+        core.apply_outputs()
+
+    def seen(providers: list[_Collect]) -> dict[str, list[Any]]:
+        leads, journeys, probes = (p.out for p in providers)
+        hits = [(h.person, h.match.fired_at, h.match.key) for out in leads for h in out]
+        return {"lead": hits, "journey": journeys, "probe": probes}
+
+    kept, full = seen(cores[False][1]), seen(cores[True][1])
+    assert kept == full
+    assert len(kept["lead"]) > 20 and len(kept["probe"]) > 1000
+    assert sum(1 for m in kept["journey"] for s in m.steps if s.action == "send") > 10
+
+    core = cores[False][0]
+    for p in range(3):
+        state, whole = core.states[p], cores[True][0].states[p]
+        orders = [r.ts for r in whole.of("order_paid") if r.ts >= end - 365 * DAY]
+        assert [r.ts for r in state.of("order_paid")] == orders and len(orders) >= 5
+        views = [r.ts for r in state.of("view_product")]
+        assert views and min(views) >= end - timedelta(hours=1)
+        assert len(whole.of("view_product")) > 100 * len(views)
+        assert state.events == sorted(state.events, key=lambda r: r.ts)
+        assert {id(r) for r in state.events} == {
+            id(r) for recs in state.by_event.values() for r in recs
+        }
+
+
+def test_per_event_retention_merges_per_name_and_filters_a_loader() -> None:
+    """Merging keeps the longest look-back per name (dropping what the base already keeps);
+    a loader's filter keeps each event's own span."""
+    import ibis
+
+    from rapport.stream.state import EventRec, PersonState, Retention
+
+    hour, year = timedelta(hours=1), timedelta(days=365)
+    journey = Retention(events=frozenset({("order", year), ("order", DAY)}))
+    assert journey.longer == {"order": year} and journey.lookback == timedelta(0)
+    merged = (
+        Retention(lookback=hour).merge(journey).merge(Retention(events=frozenset({("x", MIN)})))
+    )
+    assert merged == Retention(lookback=hour, events=frozenset({("order", year)}))
+    assert merged.longest == year and merged.merge(Retention.everything()).longer == {}
+    forever = merged.merge(Retention(events=frozenset({("order", None)})))
+    assert forever.longer == {"order": None} and forever.longest is None
+
+    evs = [
+        EventRec(T0 - d, name)
+        for d, name in [(300 * DAY, "order"), (2 * DAY, "view"), (30 * MIN, "view")]
+    ]
+    state = PersonState(1, events=list(evs))
+    assert merged.keep_since(state, T0) == T0 - year  # a prefix cut stays safe
+    assert merged.prune(state, T0) == 1 and [e.event for e in state.events] == ["order", "view"]
+    assert state.of("view") == [evs[2]] and state.of("order") == [evs[0]]
+
+    rows = [{"ts": e.ts, "event": e.event} for e in evs]
+    t = ibis.memtable(rows + [{"ts": T0 - 400 * DAY, "event": "order"}])
+    keep = merged.where(t.ts, t.event, T0)
+    got = ibis.duckdb.connect().execute(t.filter(keep).order_by("ts"))
+    assert list(got["event"]) == ["order", "view"]
+    assert Retention(lookback=hour, anchors=frozenset({"login"})).where(t.ts, t.event, T0) is None

@@ -551,7 +551,12 @@ class _Compiler:
             # the automaton carried over from the last evaluation, fed the new events
             m = s.memo.get(token)
             best: list[datetime | None]
-            if m is None or m[0] != s.epoch or (count := s.appended - m[1] + m[2]) > len(evs):
+            if (
+                m is None
+                or m[0] != s.epoch
+                or m[1] - m[2] < s.trimmed  # a per-event prune cut into the unread events
+                or (count := s.appended - m[1] + m[2]) > len(evs)
+            ):
                 best, done, tail = [None] * (last + 1), None, evs
             else:
                 best, done, tail = m[3], m[4], evs[len(evs) - count :]
@@ -683,14 +688,20 @@ def _matches(name: str, f: _RecTest) -> Callable[[PersonState], list[EventRec]]:
     def matches(s: PersonState) -> list[EventRec]:
         m = s.memo.get(token)
         evs = s.events
-        if m is None or m[0] != s.epoch or (count := s.appended - m[1]) > len(evs):
+        if (
+            m is None
+            or m[0] != s.epoch
+            or m[1] < s.trimmed  # a per-event prune cut into the unread events
+            or (count := s.appended - m[1]) > len(evs)
+        ):
             out = [r for r in s.of(name) if f(r)]
         else:
             out = m[2]
             if count:
                 out.extend(r for r in evs[len(evs) - count :] if r.event == name and f(r))
-            if out and (not evs or out[0].ts < evs[0].ts):  # the state was pruned
-                del out[: bisect_left(out, evs[0].ts, key=_ts) if evs else len(out)]
+            recs = s.of(name)
+            if out and (not recs or out[0].ts < recs[0].ts):  # the state was pruned
+                del out[: bisect_left(out, recs[0].ts, key=_ts) if recs else len(out)]
         s.memo[token] = (s.epoch, s.appended, out)
         return out
 

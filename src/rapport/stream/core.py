@@ -289,9 +289,7 @@ class Core:
         self.stats.events += 1
         # kept from the watermark's view, not ``at``'s: a rule skipped by ``accepts`` still
         # has its timers, due after the watermark, and they may need these events again
-        floor = self.retention.keep_since(state, self.watermark)
-        if floor is not None and state.events and state.events[0].ts < floor:
-            state.prune(floor)
+        self.retention.prune(state, self.watermark)
 
     def _routes(self, event: str) -> list[tuple[str, Rule, Callable[[EventRec], bool] | None]]:
         keys: list[str] = self.index.rules_for(event)  # type: ignore[assignment]

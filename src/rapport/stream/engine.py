@@ -366,9 +366,9 @@ class Engine(Core):
                 q = ev.filter((ev.log_offset <= self.offset) | ev.log_offset.isnull())
                 if self.names is not None:
                     q = q.filter(q.event.isin(self.names))
-                floor = self._floor(ref)
-                if floor is not None:
-                    q = q.filter(q.ts >= floor)
+                keep = self.retention.where(q.ts, q.event, ref)  # per event, too
+                if keep is not None:
+                    q = q.filter(keep)
                 q = q.join(people, "person_key")
                 t = event_columns(con, q, self.reads.items).order_by(
                     ["person_key", "ts", "log_offset"]
@@ -385,13 +385,6 @@ class Engine(Core):
         super().evict()
         if len(self.fps) > 2 * self.max_persons:  # dropped states' fingerprints
             self.fps = {p: self.fps.get(p, 0) for p in self.states}
-
-    def _floor(self, ref: datetime) -> datetime | None:
-        r = self.retention
-        if r.lookback is None or r.anchors:
-            return None
-        floor = ref - r.lookback
-        return floor if r.since is None else min(floor, r.since)
 
     def _fetch(self, con: Backend, lo: int, hi: int) -> tuple[_Batch, datetime | None]:
         """The events of offsets ``(lo, hi]`` that some rule reads, in log order, each with
@@ -443,7 +436,7 @@ def event_columns(con: Backend, q: Any, items: bool, extra: tuple[str, ...] = ()
     """person_key, ts, event, log_offset, event_id, props (JSON text) and, when rules filter on
     items, item: the properties of the item the event's ``item_id`` names (of several items
     with that id, the one of the smallest item_type, then source, as the batch compiler does)."""
-    from rapport.conditions.to_ibis import json_text
+    from rapport.conditions.to_ibis import as_json, json_text
 
     cols = {
         "person_key": q.person_key,
@@ -456,7 +449,8 @@ def event_columns(con: Backend, q: Any, items: bool, extra: tuple[str, ...] = ()
     }
     if not items:
         return q.select(**cols)
-    q = q.select(**cols, item_ref=json_text(q.properties["item_id"], False))
+    spark = con.name == "pyspark"  # (JSON is text there: offline rules read from Spark)
+    q = q.select(**cols, item_ref=json_text(as_json(q.properties)["item_id"], spark))
     table = con.table("items")
     ranked = table.mutate(
         item_rank=ibis.row_number().over(

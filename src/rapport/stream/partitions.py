@@ -302,9 +302,9 @@ def _history(
     q = ev.filter((ev.log_offset <= done) | ev.log_offset.isnull())
     if rules.names is not None:
         q = q.filter(q.event.isin(rules.names))
-    floor = _floor(ws, con, rules, done)
-    if floor is not None:
-        q = q.filter(q.ts >= floor)
+    keep = _kept(ws, con, rules, done, q)
+    if keep is not None:
+        q = q.filter(keep)
     q = q.join(profiles.people(persons), "person_key")
     t = event_columns(con, q, rules.reads.items).order_by(["person_key", "ts", "log_offset"])
     out: dict[int, list[Past]] = {}
@@ -317,17 +317,17 @@ def _history(
     return out
 
 
-def _floor(ws: Workspace, con: Backend, rules: Core, done: int) -> datetime | None:
-    """The oldest event time the rules can need at the workers' watermark (None: all)."""
+def _kept(ws: Workspace, con: Backend, rules: Core, done: int, q: Any) -> Any | None:
+    """A filter on ``q``'s events keeping what the rules can need at the workers' watermark,
+    per event (``Retention.where``); None: all."""
     r = rules.retention
     if r.lookback is None or r.anchors:
         return None
     ev = con.table("events")
     top = ev.filter(ev.log_offset <= done).ts.max().to_pyarrow().as_py()
     if top is None:
-        return r.since
-    floor = top - timedelta(seconds=ws.settings.stream_lateness_seconds) - r.lookback
-    return floor if r.since is None else min(floor, r.since)
+        return None if r.since is None else q.ts >= r.since
+    return r.where(q.ts, q.event, top - timedelta(seconds=ws.settings.stream_lateness_seconds))
 
 
 # -- profiles and their fingerprints ------------------------------------------------------------

@@ -3,7 +3,8 @@ reference interpreter evaluate conditions against (values already typed, items l
 
 The state stays small on purpose: events are kept in time order, indexed by event name (a
 behaviour leaf reads only its own event's list and finds its window by bisection), and pruned
-to the longest look-back any rule needs (``Retention``). ``RuleIndex`` tells which rules an
+to what the rules need (``Retention``: a look-back for every event, longer ones for named
+events, e.g. a year of orders beside an hour of views). ``RuleIndex`` tells which rules an
 incoming event can change at all, so that most events touch no rule (DESIGN.md, Sequences).
 """
 
@@ -49,7 +50,10 @@ class PersonState:
     older than the latest rewrites history (a new epoch, and the rules start over once).
     ``blank``: the epoch began with no events, so every event of it came through ``add`` in
     time order, and a rule that has no memo yet has been shown every event it accepts: it can
-    start from nothing instead of reading the history again."""
+    start from nothing instead of reading the history again.
+    ``trimmed``: a per-event prune took events out of the middle of ``events``; a memo that
+    reads the last ``appended - mark`` events as its new ones is stale when its ``mark`` is
+    below ``trimmed`` (the events it has not seen yet are no longer all at the end)."""
 
     person: int
     attrs: dict[str, Any] = field(default_factory=dict)
@@ -63,6 +67,7 @@ class PersonState:
     epoch: int = field(init=False, repr=False, compare=False, default=0)
     blank: bool = field(init=False, repr=False, compare=False, default=True)
     memo: dict[object, Any] = field(init=False, repr=False, compare=False, default_factory=dict)
+    trimmed: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         self.reindex()
@@ -97,8 +102,11 @@ class PersonState:
         else:
             insort_right(recs, rec, key=_ts)
 
-    def prune(self, before: datetime) -> int:
-        """Forget events older than ``before``; the number forgotten."""
+    def prune(self, before: datetime, longer: Mapping[str, datetime | None] | None = None) -> int:
+        """Forget events older than ``before`` (the events ``longer`` names: older than their
+        own time there, None: none of them); the number forgotten."""
+        if longer:
+            return self._prune_each(before, longer)
         events = self.events
         cut = bisect_left(events, before, key=_ts)
         if not cut:
@@ -121,6 +129,36 @@ class PersonState:
                 del recs[:k]
         return cut
 
+    def _prune_each(self, before: datetime, longer: Mapping[str, datetime | None]) -> int:
+        """``prune`` with per-event times: cut each name's list, then drop the same events
+        from ``events`` (from its middle, too: ``trimmed`` tells the memos)."""
+        by_event = self.by_event
+        gone: set[int] = set()
+        for name in list(by_event):
+            cut = longer.get(name, before)  # None: all of it kept
+            recs = by_event[name]
+            if cut is None or recs[0].ts >= cut:
+                continue
+            k = bisect_left(recs, cut, key=_ts)
+            gone.update(map(id, recs[:k]))
+            if k == len(recs):
+                del by_event[name]
+            else:
+                del recs[:k]
+        if not gone:
+            return 0
+        kept: list[EventRec] = []
+        after = 0  # the kept events after the last one forgotten
+        for rec in self.events:
+            if id(rec) in gone:
+                after = 0
+            else:
+                kept.append(rec)
+                after += 1
+        self.events[:] = kept
+        self.trimmed = max(self.trimmed, self.appended - after)
+        return len(gone)
+
     def of(self, event: str) -> list[EventRec]:
         """The person's ``event`` events in time order (empty list: none; do not mutate)."""
         return self.by_event.get(event, _EMPTY)
@@ -141,34 +179,79 @@ _EMPTY: list[EventRec] = []
 class Retention:
     """How much of a person's history the rules can still need.
 
-    ``lookback`` is relative to the evaluation time (``None``: all history — a rule with no
-    window, or an absence rule judged over all time); ``since`` an absolute floor (rules with
-    a fixed start); ``anchors`` the ``since_event`` events whose latest occurrence (and what
-    follows it) must be kept. ``Retention()`` needs nothing (attribute, tag, segment rules)."""
+    ``lookback`` is relative to the evaluation time and applies to every event (``None``: all
+    history — a rule with no window, or an absence rule judged over all time); ``since`` an
+    absolute floor (rules with a fixed start); ``anchors`` the ``since_event`` events whose
+    latest occurrence (and what follows it) must be kept. ``events``: (name, look-back) pairs
+    of events kept longer than ``lookback`` (``None``: all of that event's history), so that a
+    year of orders does not keep a year of views; normalised to one pair per name, each
+    longer than ``lookback`` (``longer`` is the same as a dict). ``Retention()`` needs nothing
+    (attribute, tag, segment rules)."""
 
     lookback: timedelta | None = timedelta(0)
     since: datetime | None = None
     anchors: frozenset[str] = frozenset()
+    events: frozenset[tuple[str, timedelta | None]] = frozenset()
+    longer: dict[str, timedelta | None] = field(
+        init=False, repr=False, compare=False, hash=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        if not self.events:
+            return
+        longer: dict[str, timedelta | None] = {}
+        for name, back in self.events:
+            if name in longer:
+                old = longer[name]
+                back = None if old is None or back is None else max(old, back)
+            longer[name] = back
+        base = self.lookback
+        keep = {n: b for n, b in longer.items() if b is None or (base is not None and b > base)}
+        longer = keep if base is not None else {}
+        object.__setattr__(self, "longer", longer)
+        object.__setattr__(self, "events", frozenset(longer.items()))
 
     @classmethod
     def everything(cls) -> Retention:
         return cls(lookback=None)
 
+    @property
+    def longest(self) -> timedelta | None:
+        """The longest look-back of any event (None: some event keeps all its history)."""
+        if self.lookback is None or not self.longer:
+            return self.lookback
+        longest = self.lookback
+        for back in self.longer.values():
+            if back is None:
+                return None
+            longest = max(longest, back)
+        return longest
+
     def merge(self, other: Retention) -> Retention:
-        """What both need (the longer look-back, the earlier floor, all anchors)."""
+        """What both need (the longer look-back, per event too; the earlier floor; all
+        anchors)."""
         if self.lookback is None or other.lookback is None:
             lookback = None
         else:
             lookback = max(self.lookback, other.lookback)
         since = [s for s in (self.since, other.since) if s is not None]
-        return Retention(lookback, min(since) if since else None, self.anchors | other.anchors)
+        return Retention(
+            lookback,
+            min(since) if since else None,
+            self.anchors | other.anchors,
+            self.events | other.events,  # one pair per name again: see ``__post_init__``
+        )
 
     def keep_since(self, state: PersonState, as_of: datetime) -> datetime | None:
-        """The oldest event time still needed at ``as_of`` or later (None: keep everything);
-        ``state.prune(keep_since(...))`` then changes no rule's answer."""
-        if self.lookback is None:
+        """The oldest event time still needed at ``as_of`` or later, of any event (None: keep
+        everything); ``state.prune(keep_since(...))`` then changes no rule's answer (``prune``
+        below also forgets the events not kept longer)."""
+        lookback = self.longest if self.longer else self.lookback
+        if lookback is None:
             return None
-        floor = as_of - self.lookback
+        return self._floor(state, as_of, as_of - lookback)
+
+    def _floor(self, state: PersonState, as_of: datetime, floor: datetime) -> datetime:
         if self.since is not None:
             floor = min(floor, self.since)
         for name in self.anchors:
@@ -176,6 +259,36 @@ class Retention:
             if at is not None:
                 floor = min(floor, at)
         return floor
+
+    def prune(self, state: PersonState, as_of: datetime) -> int:
+        """Forget the events no rule needs at ``as_of`` or later; the number forgotten."""
+        if self.lookback is None:
+            return 0
+        events = state.events
+        if not events:
+            return 0
+        floor = as_of - self.lookback
+        if self.since is not None or self.anchors:
+            floor = self._floor(state, as_of, floor)
+        if not self.longer:  # the common case
+            return state.prune(floor) if events[0].ts < floor else 0
+        cuts = {n: None if b is None else min(floor, as_of - b) for n, b in self.longer.items()}
+        return state.prune(floor, cuts)
+
+    def where(self, ts: Any, event: Any, ref: datetime) -> Any | None:
+        """For a loader with no state at hand: a filter over an events table's ``ts`` and
+        ``event`` columns (ibis expressions) keeping what the rules can need at ``ref`` or
+        later; None: all history (no look-back, or anchors: their latest time is not known)."""
+        if self.lookback is None or self.anchors:
+            return None
+        floor = ref - self.lookback
+        if self.since is not None:
+            floor = min(floor, self.since)
+        keep = ts >= floor
+        for name, back in sorted(self.longer.items(), key=lambda kv: kv[0]):
+            named = event == name
+            keep = keep | (named if back is None else named & (ts >= min(floor, ref - back)))
+        return keep
 
 
 class RuleIndex:
