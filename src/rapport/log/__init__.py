@@ -1,7 +1,8 @@
 """The durable event log: every accepted event, in order, before any processing.
 
-``EventLog.open(settings)`` gives the embedded implementation (a SQLite WAL file); a NATS
-JetStream implementation can later sit behind the same interface (see ``base.EventLog``).
+``EventLog.open(settings)`` gives the embedded implementation (a SQLite WAL file, ``sqlite``)
+or, with ``log_backend = "nats"``, a NATS JetStream stream shared by collector processes
+(``jetstream``); both behind ``base.EventLog``.
 """
 
 from rapport.log.base import EventLog, LogOverloaded

@@ -1,4 +1,4 @@
-"""The interface every event-log implementation offers (embedded SQLite now, NATS later)."""
+"""The interface every event-log implementation offers (embedded SQLite, NATS JetStream)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,16 @@ class EventLog(ABC):
 
     @classmethod
     def open(cls, settings: Settings) -> EventLog:
+        """The log ``settings.log_backend`` names: "sqlite" (embedded) or "nats" (JetStream)."""
+        if settings.log_backend == "nats":
+            from rapport.log.jetstream import JetStreamEventLog
+
+            return JetStreamEventLog(settings)
+        if settings.log_backend != "sqlite":
+            raise ValueError(
+                f"log_backend must be 'sqlite' or 'nats', not {settings.log_backend!r}"
+                " (rapport.toml or RAPPORT_LOG_BACKEND)"
+            )
         from rapport.log.sqlite import SQLiteEventLog
 
         return SQLiteEventLog(settings)
