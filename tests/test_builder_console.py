@@ -86,7 +86,7 @@ def build_world(ws: Workspace) -> None:
         for i, (days, price) in enumerate(bookings)
     ]
     with ws.warehouse.connect() as con:
-        ws.warehouse.event_prop_columns(con)
+        ws.warehouse.add_prop_columns(con)
         _rows(con, "events", events)
         con.raw_sql(
             "CREATE OR REPLACE TABLE profiles (person_key BIGINT, gender VARCHAR, "

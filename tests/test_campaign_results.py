@@ -127,7 +127,7 @@ def _events(ws: Workspace, events: list[tuple[int, str, datetime, float]]) -> No
         con.insert("events", typed)
         # the declared properties' columns now, before any app starts: adding them later
         # (an ALTER) would race with the app's loader writing ``events``
-        ws.warehouse.event_prop_columns(con)
+        ws.warehouse.add_prop_columns(con)
 
 
 @pytest.fixture
@@ -251,3 +251,27 @@ def test_an_unsent_campaign_has_empty_results_and_no_card(ws, client):
     page = client.get(f"/campaigns/{cid}")
     assert page.status_code == 200 and 'id="plan"' in page.text
     assert 'id="results"' not in page.text
+
+
+def test_the_report_is_cached_until_a_delivery_changes_it_or_fresh(ws, sent, client, admin_headers):
+    """A page view serves the computed report again (same ``computed_at``) while the outbox
+    rows are unchanged; a delivery recomputes it, and so does ``?fresh=1``."""
+    url = f"/api/campaigns/{sent}/results"
+    first = client.get(url, headers=admin_headers).json()
+    assert client.get(url, headers=admin_headers).json()["computed_at"] == first["computed_at"]
+    _events(ws, [(5, "order_paid", SENT + timedelta(days=2), 10.0)])  # a conversion
+    assert client.get(url, headers=admin_headers).json()["converted"] == 2  # cached: not yet
+    fresh = client.get(url, params={"fresh": 1}, headers=admin_headers).json()
+    assert fresh["converted"] == 3 and fresh["computed_at"] > first["computed_at"]
+    with ws.db.begin() as conn:  # the pending message is delivered: the counts move
+        conn.execute(
+            sa.update(outbox)
+            .where(outbox.c.person_key == 9)
+            .values(status="delivered", delivered_at=SENT + timedelta(hours=3))
+        )
+    moved = client.get(url, headers=admin_headers).json()
+    assert (moved["delivered"], moved["pending"]) == (7, 1)
+    as_role(client, ws, Role.viewer)
+    page = client.get(f"/campaigns/{sent}")
+    assert f"Computed at {moved['computed_at'][11:16]} UTC" in page.text
+    assert f'href="/campaigns/{sent}?fresh=1#results"' in page.text

@@ -308,3 +308,50 @@ def test_a_scheduled_entry_lets_the_audience_in_at_each_run(ws):
     job.run(ws, T0 + 2 * DAY)  # the next day's run: every time, so again
     run(ws)
     assert len(sent(ws)) == 4 and where(ws, jid, "a")["seq"] == 2
+
+
+def test_the_tag_step_sets_a_manual_value_once_across_passes(ws):
+    from rapport.db.tables import manual_tag_values
+    from rapport.tags.definitions import TagIn, create_tag
+    from rapport.tags.manual import values
+
+    tag = {"name": "nurtured", "kind": "manual", "definition": {"values": ["yes"]}}
+    create_tag(ws.db, TagIn.model_validate(tag))
+    journey(ws, [{"id": "t", "kind": "tag", "params": {"tag": "nurtured", "value": "yes"},
+                  "next": "w"},
+                 {"id": "w", "kind": "wait", "params": {"duration": "1 hours"}}])  # fmt: skip
+    send(ws, ("a", "register", T0))
+    run(ws)
+    first = values(ws.db, "nurtured")
+    assert [(v["person_key"], v["value"], v["set_by"]) for v in first] == [
+        (person(ws, "a"), "yes", "journey:j")
+    ]
+    engine.forget(ws)  # a restart re-reads nothing twice; another pass changes nothing
+    send(ws, ("z", "page_view", T0 + 2 * HOUR))
+    run(ws)
+    assert values(ws.db, "nurtured") == first  # set_at unchanged: written once
+    with ws.db.connect() as conn:
+        assert len(conn.execute(select(manual_tag_values)).all()) == 1
+        steps = conn.execute(select(journey_log.c.action)).scalars().all()
+    assert steps.count("tag") == 1
+
+
+def test_a_tag_node_needs_an_existing_manual_tag_and_an_allowed_value(ws):
+    from rapport.tags.definitions import TagIn, create_tag
+
+    create_tag(ws.db, TagIn.model_validate({"name": "tier", "kind": "manual",
+                                            "definition": {"values": ["gold"]}}))  # fmt: skip
+    rule = {"condition": {"kind": "did", "event": "order_paid"}}
+    create_tag(ws.db, TagIn.model_validate({"name": "buyer", "kind": "rule", "definition": rule}))
+    bad = {"entry": {"event": "register"}, "nodes": [
+        {"id": "t1", "kind": "tag", "params": {"tag": "nope", "value": "x"}, "next": "t2"},
+        {"id": "t2", "kind": "tag", "params": {"tag": "buyer", "value": "yes"}, "next": "t3"},
+        {"id": "t3", "kind": "tag", "params": {"tag": "tier", "value": "silver"}},
+    ]}  # fmt: skip
+    with pytest.raises(JourneyError) as e:
+        store.create(ws, "bad", bad)
+    assert e.value.errors == [
+        {"node": "t1", "message": "tag: no tag 'nope' (create it as a manual tag first)"},
+        {"node": "t2", "message": "tag: 'buyer' is a rule tag; a journey sets manual tags"},
+        {"node": "t3", "message": "value: 'silver' is not one of gold (tag tier)"},
+    ]

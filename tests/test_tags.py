@@ -580,3 +580,99 @@ def test_console_tag_pages(ordered, client, workspace):
         headers={"X-CSRF-Token": csrf, "HX-Request": "true"},
     )
     assert bad.status_code == 422 and "definition.agg" in bad.text
+
+
+# -- manual tags ---------------------------------------------------------------------------------
+def test_manual_tag_set_bulk_unset_and_a_run_copies_them(ordered, client, workspace, admin_headers):
+    """Values set through the API live in the metadata DB; a run makes them the warehouse's
+    values (audiences read those); an unset value is gone after the next run."""
+    from rapport.jobs.registry import tag_jobs
+
+    body = {"name": "vip_call", "kind": "manual", "definition": {"values": ["yes", "no"]}}
+    created = client.post("/api/tags", json=body, headers=admin_headers)
+    assert created.status_code == 201, created.text
+    assert created.json()["schedule"] == "every 5 minutes"  # the default: runs by itself
+    assert any(j.key == "tag:vip_call" for j in tag_jobs(workspace))
+
+    put = client.put("/api/tags/vip_call/values/1", json={"value": "yes"}, headers=admin_headers)
+    assert put.json() == {"tag": "vip_call", "person_key": 1, "value": "yes"}
+    bulk = [{"person_key": 2, "value": "no"}, {"person_key": 3, "value": "yes"}]
+    assert client.post("/api/tags/vip_call/values", json=bulk, headers=admin_headers).json() == {
+        "tag": "vip_call",
+        "set": 2,
+    }
+    assert values(workspace, "vip_call") == {}  # nothing heavy on set: the next run copies
+    run = client.post("/api/tags/vip_call/compute", headers=admin_headers).json()
+    assert (run["persons"], run["distribution"]) == (3, {"yes": 2, "no": 1})
+    assert values(workspace, "vip_call") == {1: "yes", 2: "no", 3: "yes"}
+
+    gone = client.delete("/api/tags/vip_call/values/2", headers=admin_headers)
+    assert gone.status_code == 204
+    again = client.delete("/api/tags/vip_call/values/2", headers=admin_headers)
+    assert again.status_code == 404 and "has no 'vip_call'" in again.json()["detail"]
+    client.put("/api/tags/vip_call/values/1", json={"value": "no"}, headers=admin_headers)
+    compute_tag(workspace, "vip_call")
+    assert values(workspace, "vip_call") == {1: "no", 3: "yes"}
+    assert store.person_tags(workspace, 1) == {"vip_call": ["no"]}
+    listed = client.get("/api/tags/vip_call/values", headers=admin_headers).json()
+    assert [(v["person_key"], v["value"], v["set_by"]) for v in listed] == [
+        (1, "no", "token:test"),
+        (3, "yes", "token:test"),
+    ]
+    # a person the warehouse does not know (yet) may be tagged: they may arrive later
+    unknown = client.put(
+        "/api/tags/vip_call/values/999", json={"value": "yes"}, headers=admin_headers
+    )
+    assert unknown.status_code == 200
+
+
+def test_manual_tag_values_are_checked_with_a_clear_message(workspace, client, admin_headers):
+    tag(workspace, "tier", "manual", {"values": ["gold", "silver"]})
+    tag(workspace, "score", "manual", {}, value_type="number")
+    tag(workspace, "hnw", "rule", {"condition": {"kind": "did", "event": "order_paid"}})
+    h = admin_headers
+    bad = client.put("/api/tags/tier/values/1", json={"value": "bronze"}, headers=h)
+    assert bad.status_code == 422
+    assert bad.json()["detail"] == "value: 'bronze' is not one of gold, silver (tag tier)"
+    bulk = [{"person_key": 1, "value": "gold"}, {"person_key": 2, "value": "platinum"}]
+    refused = client.post("/api/tags/tier/values", json=bulk, headers=h)
+    assert refused.status_code == 422 and refused.json()["detail"].startswith("[1] (person 2)")
+    assert client.get("/api/tags/tier/values", headers=h).json() == []  # none of the bulk
+    nan = client.put("/api/tags/score/values/1", json={"value": "lots"}, headers=h)
+    assert nan.json()["detail"] == "value: 'lots' is not a number (tag score)"
+    assert (
+        client.put("/api/tags/score/values/1", json={"value": 4.5}, headers=h).json()["value"]
+        == "4.5"
+    )
+    rule = client.put("/api/tags/hnw/values/1", json={"value": "yes"}, headers=h)
+    assert rule.status_code == 422 and "is a rule tag" in rule.json()["detail"]
+    missing = client.put("/api/tags/nope/values/1", json={"value": "yes"}, headers=h)
+    assert missing.status_code == 404
+    with pytest.raises(TagError, match=r"definition.values.*listed twice"):
+        tag(workspace, "dup", "manual", {"values": ["a", "a"]})
+    with pytest.raises(TagError, match="one value per person"):
+        tag(workspace, "many", "manual", {}, multi=True)
+
+
+def test_viewers_cannot_set_manual_values(workspace, client):
+    from rapport import accounts
+
+    tag(workspace, "flag", "manual", {})
+    viewer = {"Authorization": f"Bearer {accounts.create_token(workspace.db, Role.viewer, 't')}"}
+    put = client.put("/api/tags/flag/values/1", json={"value": "x"}, headers=viewer)
+    assert put.status_code == 403
+
+
+def test_console_sets_a_manual_value_from_the_tag_page(workspace, client):
+    csrf = as_role(client, workspace, Role.marketer)
+    hx = {"X-CSRF-Token": csrf, "HX-Request": "true"}
+    form = {"name": "called", "kind": "manual", "definition": json.dumps({"values": ["yes"]})}
+    assert client.post("/tags", data=form, headers=hx).status_code == 200
+    page = client.get("/tags/called")
+    assert 'id="manual-values"' in page.text and "every 5 minutes" in page.text
+    done = client.post("/tags/called/values", data={"person_key": "7", "value": "yes"}, headers=hx)
+    assert done.status_code == 200, done.text
+    bad = client.post("/tags/called/values", data={"person_key": "7", "value": "no"}, headers=hx)
+    assert bad.status_code == 422 and "is not one of yes" in bad.text
+    page = client.get("/tags/called")
+    assert 'href="/persons/7"' in page.text and "<td>marketer_user</td>" in page.text

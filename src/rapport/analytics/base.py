@@ -25,10 +25,9 @@ NONE = "(none)"
 
 @contextmanager
 def batch(ws: Workspace, as_of: datetime) -> Iterator[BatchContext]:
-    """A context whose declared properties are read from their typed columns (the warehouse's
-    invariant, made true here for newly declared ones)."""
+    """A context whose properties are read from their typed columns where the warehouse has
+    them (complete by its invariant; the loader adds them, readers never), else the JSON."""
     with ws.warehouse.connect() as con:
-        ws.warehouse.event_prop_columns(con)
         yield BatchContext(con, as_of, attr_types(ws), props_in_columns=True)
 
 

@@ -5,13 +5,21 @@ Attribution (docs/campaigns.md, "Results"): a treated person converts when a goa
 in ``(delivered_at, delivered_at + N days]`` of their first delivered message; a holdout
 person's clock starts at the campaign's send time (its first message's enqueue), since they
 got no message. The treated rate is over delivered persons, the holdout rate over the holdout.
+
+``report`` is what the API and the console call: ``results`` kept per campaign for up to
+``CACHE_SECONDS`` while the campaign's outbox rows stay as they were (their counts by status
+and latest delivery: a delivery, a failure or a retry computes it again), with the time it
+was computed; ``fresh`` computes it now. Conversions and clicks that arrive meanwhile show at
+the latest after ``CACHE_SECONDS``.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
-from datetime import datetime, timedelta
+import threading
+import time
+from collections import Counter, OrderedDict
+from datetime import UTC, datetime, timedelta
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +43,10 @@ Z95 = NormalDist().inv_cdf(0.975)
 DAY = timedelta(days=1)
 TREND_COLUMNS = ["day", "treated", "treated_converted", "treated_rate"]
 TREND_COLUMNS += ["holdout", "holdout_converted", "holdout_rate"]
+#: how long a computed report is served again (its outbox rows unchanged)
+CACHE_SECONDS = 60.0
+#: reports kept (least recently used dropped)
+CACHE_SIZE = 64
 
 # written by the coupons-and-links feature; read only when present
 link_clicks = sa.table(
@@ -80,25 +92,42 @@ def _roles(conn: Connection, cid: int) -> dict[str, int]:
     return {role: int(n) for role, n in rows}
 
 
-def _clocks(conn: Connection, cid: int) -> tuple[datetime | None, dict[int, datetime], list[int]]:
-    """The send time, each treated person's first delivery, and the holdout persons."""
+def _clocks(conn: Connection, cid: int) -> tuple[datetime | None, pa.Table, list[int]]:
+    """The send time, each treated person's first delivery (``person_key``, ``start``) and
+    the holdout persons. The deliveries go straight into Arrow (one row per recipient: no
+    per-row datetime objects)."""
     origin = f"campaign:{cid}"
     sent_at = conn.execute(select(func.min(outbox.c.created_at)).where(outbox.c.origin == origin))
+    first = func.min(outbox.c.delivered_at, type_=sa.String)  # raw: text on SQLite
     delivered = conn.execute(
-        select(outbox.c.person_key, func.min(outbox.c.delivered_at))
+        select(outbox.c.person_key, first)
         .where(
             outbox.c.origin == origin,
             outbox.c.status == "delivered",
             outbox.c.person_key.is_not(None),
         )
         .group_by(outbox.c.person_key)
-    )
+    ).all()
     holdout = conn.execute(
         select(campaign_recipients.c.person_key).where(
             campaign_recipients.c.campaign_id == cid, campaign_recipients.c.role == "holdout"
         )
     ).scalars()
-    return utc(sent_at.scalar()), {p: utc(at) for p, at in delivered}, list(holdout)
+    return (
+        utc(sent_at.scalar()),
+        _starts([r[0] for r in delivered], [r[1] for r in delivered]),
+        list(holdout),
+    )
+
+
+def _starts(persons: list[int], at: list[Any]) -> pa.Table:
+    """(person_key, start UTC) from the driver's values: SQLite's naive UTC text or
+    PostgreSQL's aware datetimes."""
+    if at and isinstance(at[0], str):
+        times = pa.array(at, pa.string()).cast(pa.timestamp("us")).cast(pa.timestamp("us", "UTC"))
+    else:
+        times = pa.array([utc(a) for a in at], pa.timestamp("us", "UTC"))
+    return pa.table({"person_key": pa.array(persons, pa.int64()), "start": times})
 
 
 def _engagement(conn: Connection, cid: int) -> dict[str, int]:
@@ -129,20 +158,14 @@ def revenue_property(ws: Workspace, goal: str) -> str | None:
 
 
 def _conversions(
-    ws: Workspace, goal: str, days: int, clocks: dict[str, dict[int, datetime]], prop: str | None
+    ws: Workspace, goal: str, days: int, clocks: dict[str, pa.Table], prop: str | None
 ) -> list[tuple[str, int, float]]:
     """Per converted person: (group, the day of their first goal event counted from their
     clock, 1 = within the first 24 h; revenue of their goal events in the window)."""
     parts = [
-        pa.table(
-            {
-                "person_key": pa.array(list(starts), pa.int64()),
-                "grp": pa.array([group] * len(starts), pa.string()),
-                "start": pa.array(list(starts.values()), pa.timestamp("us", "UTC")),
-            }
-        )
+        starts.append_column("grp", pa.array([group] * starts.num_rows, pa.string()))
         for group, starts in clocks.items()
-        if starts
+        if starts.num_rows
     ]
     if not goal or not parts:
         return []
@@ -185,16 +208,16 @@ def results(ws: Workspace, ref: int | str) -> dict[str, Any]:
         cid = campaign["id"]
         statuses = _statuses(conn, f"campaign:{cid}")
         roles = _roles(conn, cid)
-        sent_at, delivered_at, holdout = _clocks(conn, cid)
+        sent_at, treated, holdout = _clocks(conn, cid)
         engagement = _engagement(conn, cid)
     goal, days = campaign["goal_event"], campaign["goal_days"]
     clocks = {
-        "treated": delivered_at,
-        "holdout": {p: sent_at for p in holdout} if sent_at else {},
+        "treated": treated,
+        "holdout": _starts(holdout, [sent_at] * len(holdout)) if sent_at else _starts([], []),
     }
     prop = revenue_property(ws, goal) if goal else None
     converted = _conversions(ws, goal, days, clocks, prop)
-    n = {"treated": len(delivered_at), "holdout": len(holdout)}
+    n = {"treated": treated.num_rows, "holdout": len(holdout)}
     conv = {g: sum(1 for c in converted if c[0] == g) for g in n}
     sent = sum(statuses.values())
     suppressed = statuses.get("suppressed", 0)
@@ -226,3 +249,39 @@ def results(ws: Workspace, ref: int | str) -> dict[str, Any]:
         "roi": round((revenue - cost) / cost, 4) if cost else None,
         "trend": {"columns": TREND_COLUMNS, "rows": _trend(converted, n, days)},
     }
+
+
+# -- the cache ------------------------------------------------------------------------------
+_cache: OrderedDict[tuple[str, int], tuple[float, Any, dict[str, Any]]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _stamp(conn: Connection, campaign: dict[str, Any]) -> Any:
+    """What changes when the report's delivery side changes: the campaign row's update time
+    and its outbox rows' counts by status (every delivery, failure, suppression or replay
+    moves one; read from the index ``ix_outbox_origin_status`` alone)."""
+    counts = _statuses(conn, f"campaign:{campaign['id']}")
+    return (str(campaign.get("updated_at")), tuple(sorted(counts.items())))
+
+
+def report(ws: Workspace, ref: int | str, *, fresh: bool = False) -> dict[str, Any]:
+    """``results`` with ``computed_at`` (ISO, UTC), served from the cache while it is younger
+    than ``CACHE_SECONDS`` and the campaign's outbox rows are unchanged; ``fresh``: computed
+    now (and cached)."""
+    with ws.db.connect() as conn:
+        campaign = load(conn, ref)
+        stamp = _stamp(conn, campaign)
+    key = (str(ws.db.url), int(campaign["id"]))
+    with _cache_lock:
+        hit = _cache.get(key)
+    if not fresh and hit is not None:
+        at, old, kept = hit
+        if old == stamp and time.monotonic() - at < CACHE_SECONDS:
+            return dict(kept)
+    computed = {**results(ws, campaign["id"]), "computed_at": datetime.now(UTC).isoformat()}
+    with _cache_lock:
+        _cache[key] = (time.monotonic(), stamp, computed)
+        _cache.move_to_end(key)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return dict(computed)

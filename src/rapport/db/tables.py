@@ -51,6 +51,13 @@ api_tokens = Table(
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE")),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("last_used_at", DateTime(timezone=True)),
+    #: comma list of ingest | read | write | admin: what the token may do within its role
+    Column("scopes", String(100), nullable=False, default="read,write"),
+    Column("expires_at", DateTime(timezone=True)),
+    #: set at revocation, or at rotation to the end of the grace period (may be in the future)
+    Column("revoked_at", DateTime(timezone=True)),
+    #: the token this one replaced (``rapport token rotate``)
+    Column("rotated_from", Integer, ForeignKey("api_tokens.id", ondelete="SET NULL")),
 )
 
 audit_log = Table(
@@ -341,6 +348,8 @@ outbox = Table(
     Column("queued_at", DateTime(timezone=True), nullable=False),  # enqueue or last replay
     Column("delivered_at", DateTime(timezone=True)),
     Index("ix_outbox_status_due", "status", "next_attempt_at"),
+    #: a campaign's report reads its rows by origin; counts by status from the index alone
+    Index("ix_outbox_origin_status", "origin", "status"),
 )
 
 #: one row per try (and per replay), for the delivery log
@@ -707,5 +716,16 @@ journey_log = Table(
 )
 
 # -- manual tag values (issue 6) -------------------------------------------------------------------
+#: values of ``manual`` tags set by people (API, console) or journeys, per person; a tag run
+#: copies them into the warehouse's ``tag_values`` (workers write here, never to DuckDB)
+manual_tag_values = Table(
+    "manual_tag_values",
+    metadata,
+    Column("tag_id", Integer, ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True),
+    Column("person_key", Integer, primary_key=True),
+    Column("value", String(200), nullable=False),
+    Column("set_at", DateTime(timezone=True), nullable=False),
+    Column("set_by", String(200), nullable=False, default=""),  # a user, "journey:<name>"
+)
 
 # -- security (issue 7) ----------------------------------------------------------------------------

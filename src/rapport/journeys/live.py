@@ -5,9 +5,10 @@ and in ``JourneyRule.known`` (loaded from ``journey_positions``: a memo is clear
 event rewrites history, and a new engine starts from the table). On an event: a wait already
 due before it ends first, then the goal (leave), a wait-until event, or the entry trigger
 (with the entry rule) moves the person; the steps run at **event time** until a wait, whose
-deadline the core times on the watermark (``compiled.deadline``). Sends, webhooks and leads
-are outputs: ``JourneyProvider.apply`` writes positions, the log and the outbox in one
-transaction, keys ``journey:<id>:<person>:<node>:<seq>`` (a re-read chunk sends nothing twice).
+deadline the core times on the watermark (``compiled.deadline``). Sends, webhooks, leads and
+manual tag values are outputs: ``JourneyProvider.apply`` writes positions, the log, the outbox
+and ``manual_tag_values`` in one transaction, keys ``journey:<id>:<person>:<node>:<seq>``
+(a re-read chunk sends nothing twice).
 """
 
 from __future__ import annotations
@@ -110,7 +111,9 @@ class JourneyRule:
         interest: set[str] | None = {j.entry.event, *waited}
         if j.goal is not None:
             interest.add(j.goal.event)  # type: ignore[union-attr]
-        retention = Retention(CYCLE_LOOKBACK if j.cycles else timedelta(0))
+        # a cycle reads a year of its own event only: the other events need not stay as long
+        cycles = frozenset((c.event, CYCLE_LOOKBACK) for c in j.cycles.values())
+        retention = Retention(events=cycles)
         reads = Reads()
         for n, r in branches.items():
             interest = None if interest is None or r.interest is None else interest | r.interest
@@ -290,7 +293,8 @@ class JourneyRule:
         elif node.kind == "lead":
             steps.append(Step(node.id, "lead", at, {"rule": p["rule"], "key": key}))
         elif node.kind == "tag":
-            steps.append(Step(node.id, "tag", at, {"tag": p["tag"], "value": p["value"]}))
+            by = f"journey:{self.journey.name}"  # the writer ``apply`` records
+            steps.append(Step(node.id, "tag", at, {"tag": p["tag"], "value": p["value"], "by": by}))
         return node.after()
 
 
@@ -354,6 +358,7 @@ def write(conn: Connection, outputs: list[Moves]) -> None:
 
     rows: list[dict[str, Any]] = []
     by_channel: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    by_tag: dict[tuple[str, str], list[tuple[int, Any, dict[str, Any]]]] = {}
     last: dict[tuple[int, int], Position] = {}
     for moves in outputs:
         jid, person, pos = moves.journey, moves.person, moves.position
@@ -374,6 +379,9 @@ def write(conn: Connection, outputs: list[Moves]) -> None:
                     detail["lead"] = lead.id if lead is not None else None
                 except LookupError as exc:
                     detail["error"] = str(exc)
+            elif step.action == "tag":
+                by = detail.pop("by", f"journey:{jid}")
+                by_tag.setdefault((detail["tag"], by), []).append((person, detail["value"], detail))
             key = f"{jid}:{person}:{seq}:{step.at.timestamp()}:{step.node}:{step.action}"
             rows.append({"journey_id": jid, "person_key": person, "seq": seq, "node": step.node,
                          "action": step.action, "at": step.at, "detail": detail,
@@ -385,10 +393,30 @@ def write(conn: Connection, outputs: list[Moves]) -> None:
         except DeliveryError as exc:
             for _, detail in queued:
                 detail["error"] = str(exc)
+    for (tag, by), values in by_tag.items():
+        _set_tags(conn, tag, by, values)
     if rows:
         conn.execute(_insert(conn, journey_log).on_conflict_do_nothing(), rows)
     if last:
         _upsert_positions(conn, last)
+
+
+def _set_tags(
+    conn: Connection, tag: str, by: str, values: list[tuple[int, Any, dict[str, Any]]]
+) -> None:
+    """The tag steps' manual values (``set_by`` the journey), in the caller's transaction; a
+    tag deleted or changed since the journey was saved is an error on the step, not a failed
+    chunk."""
+    from rapport.tags.definitions import TagError
+    from rapport.tags.manual import set_in
+    from rapport.tags.store import TagNotFound
+
+    try:
+        with conn.begin_nested():
+            set_in(conn, tag, [(person, value) for person, value, _ in values], by)
+    except (TagError, TagNotFound) as exc:
+        for _, _, detail in values:
+            detail["error"] = str(exc)
 
 
 def _insert(conn: Connection, table: Any) -> Any:

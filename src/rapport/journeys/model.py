@@ -144,10 +144,12 @@ def parse(
     ctx: ValidationContext | None = None,
     channels: dict[str, str] | None = None,
     lead_rules: set[str] | None = None,
+    tags: dict[str, dict[str, Any]] | None = None,
 ) -> Journey:
     """The typed journey, or ``JourneyError`` with every problem. ``ctx`` checks event names
     and conditions, ``channels`` (name -> kind) the send and webhook channels, ``lead_rules``
-    the lead nodes' rules; each is skipped when None."""
+    the lead nodes' rules, ``tags`` (name -> tag row) the tag nodes' manual tags and values;
+    each is skipped when None."""
     errors: list[dict[str, str]] = []
     raw_entry, schedule, audience = definition.get("entry"), None, None
     if isinstance(raw_entry, dict) and "schedule" in raw_entry:
@@ -179,6 +181,8 @@ def parse(
     cycles: dict[str, Cycle] = {}
     for node in nodes.values():
         _check_node(node, nodes, durations, until, conditions, errors, channels, lead_rules)
+        if node.kind == "tag" and tags is not None and node.params.get("tag"):
+            errors += _check_tag(node, tags)
         cycle = _cycle(node, errors) if node.kind == "wait" and "cycle" in node.params else None
         if cycle is not None:
             cycles[node.id] = cycle
@@ -253,6 +257,24 @@ def _check_node(
         errors.append(_err(nid, f"next must name {want}"))
     elif node.kind == "exit" and node.next:
         errors.append(_err(nid, "an exit has no next"))
+
+
+def _check_tag(node: Node, tags: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """A tag node sets a value of an existing manual tag, one its definition allows."""
+    from rapport.tags.definitions import TagError
+    from rapport.tags.manual import check_value
+
+    name = str(node.params["tag"])
+    tag = tags.get(name)
+    if tag is None:
+        return [_err(node.id, f"tag: no tag {name!r} (create it as a manual tag first)")]
+    if tag["kind"] != "manual":
+        return [_err(node.id, f"tag: {name!r} is a {tag['kind']} tag; a journey sets manual tags")]
+    try:
+        check_value(tag, node.params.get("value"))
+    except TagError as exc:
+        return [_err(node.id, f"{exc.field}: {exc.message}")]
+    return []
 
 
 def _scheduled(raw: dict[str, Any], errors: list[dict[str, str]]) -> tuple[str, str]:

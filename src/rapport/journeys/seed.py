@@ -3,7 +3,8 @@
 - welcome: ``register`` → wait 1 day → did not order? → welcome coupon SMS → wait 3 days →
   still no order? → reminder SMS; leaves on the first ``order_paid`` (the goal);
 - win-back: ``lifecycle_changed`` to silent or lost → branch "high value" (at least 3 paid
-  orders ever) → tag intent ``winback=yes`` → win-back SMS; leaves on ``order_paid``;
+  orders ever) → sets the manual tag ``winback=yes`` (created by ``install``) → win-back SMS;
+  leaves on ``order_paid``;
 - repurchase: every ``order_paid`` → wait the person's own purchase cycle (the median
   interval between their orders of the last year; 30 days with fewer than 2 orders) →
   reminder SMS, unless they ordered again (the goal: a new order restarts the clock).
@@ -82,9 +83,22 @@ def definitions(channel: str = "sms") -> dict[str, dict[str, Any]]:
 def install(ws: Workspace, channel: str = "sms") -> list[dict[str, Any]]:
     """Create the seed journeys (live) that do not exist yet; ``channel`` must exist."""
     system_events.system_source(ws, [lifecycle.EVENT], lifecycle.PLAN)
+    _winback_tag(ws)
     have = {j["name"] for j in store.list_all(ws)}
     return [
         store.create(ws, name, d, description=(__doc__ or "").strip(), status="live")
         for name, d in definitions(channel).items()
         if name not in have
     ]
+
+
+def _winback_tag(ws: Workspace) -> None:
+    """The manual tag the win-back journey sets (its values reach the warehouse every 5
+    minutes, see ``docs/tags.md``)."""
+    from rapport.tags.definitions import MANUAL_SCHEDULE, TagIn, create_tag, get_tag
+
+    if get_tag(ws.db, "winback") is None:
+        body = {"name": "winback", "kind": "manual", "schedule": MANUAL_SCHEDULE,
+                "description": "Set by the win-back journey to high-value lapsed customers",
+                "owner": "journeys", "definition": {"values": ["yes"]}}  # fmt: skip
+        create_tag(ws.db, TagIn.model_validate(body))

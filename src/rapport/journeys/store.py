@@ -8,7 +8,14 @@ from sqlalchemy import delete, func, insert, select, update
 
 from rapport.accounts import now
 from rapport.conditions.validate import context
-from rapport.db.tables import channels, journey_log, journey_positions, journeys, lead_rules
+from rapport.db.tables import (
+    channels,
+    journey_log,
+    journey_positions,
+    journeys,
+    lead_rules,
+    tags,
+)
 from rapport.delivery.outbox import utc
 from rapport.journeys.model import (
     SCHEDULED,
@@ -42,7 +49,8 @@ def check(ws: Workspace, name: str, definition: dict[str, Any]) -> Journey:
     with ws.db.connect() as conn:
         kinds = {str(r.name): str(r.kind) for r in conn.execute(select(channels))}
         rules = {str(n) for n in conn.execute(select(lead_rules.c.name)).scalars()}
-    return parse(0, name, "draft", definition, context(ws), kinds, rules)
+        known = {str(t["name"]): dict(t) for t in conn.execute(select(tags)).mappings()}
+    return parse(0, name, "draft", definition, context(ws), kinds, rules, known)
 
 
 def _no_audience(name: Any) -> dict[str, str]:

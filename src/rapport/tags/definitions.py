@@ -7,7 +7,10 @@ Definition shapes (``definition`` JSON):
 - statistical: ``{"event": "order_paid", "agg": "count|sum|avg|max|min|last_date|top_value",
   "property": "amount", "window_days": 30, "bands": [...]}``;
 - rule: ``{"condition": <condition JSON>, "value": "yes"}``;
-- mined: ``{"model": "rfm" | "kmeans" | "churn" | "category_preference", ...}`` (``mined``).
+- mined: ``{"model": "rfm" | "kmeans" | "churn" | "category_preference", ...}`` (``mined``);
+- manual: ``{"values": ["yes", "no"]}`` (optional: the values allowed; none: any text). Values
+  are set per person by people and journeys in the metadata DB (``rapport.tags.manual``); a run
+  copies them into the warehouse. Default schedule ``MANUAL_SCHEDULE``.
 
 A band is ``{"label": "18-24", "min": 18, "max": 25}``: ``min`` inclusive, ``max`` exclusive,
 either open; a value takes the label of the first band it falls in (none: no value).
@@ -22,9 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from rapport.db.tables import tag_runs, tags
+from rapport.db.tables import manual_tag_values, tag_runs, tags
 
-KINDS = ("attribute", "statistical", "rule", "mined")
+KINDS = ("attribute", "statistical", "rule", "mined", "manual")
+#: how often a manual tag's values reach the warehouse unless its schedule says otherwise
+MANUAL_SCHEDULE = "every 5 minutes"
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
 
 
@@ -111,24 +116,43 @@ class MinedDef(BaseModel):
     model: str = Field(min_length=1)
 
 
+class ManualDef(_Def):
+    values: list[str] | None = Field(None, description="the values allowed; none: any text")
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, values: list[str] | None) -> list[str] | None:
+        if values is None:
+            return None
+        if not values:
+            raise ValueError("list at least one value, or leave `values` out to allow any")
+        for v in values:
+            if not v.strip() or len(v) > 200:
+                raise ValueError(f"{v!r}: a value is 1 to 200 characters, not blank")
+        if len(set(values)) != len(values):
+            raise ValueError("a value is listed twice")
+        return values
+
+
 DEFINITIONS: dict[str, type[BaseModel]] = {
     "attribute": AttributeDef,
     "statistical": StatisticalDef,
     "rule": RuleDef,
     "mined": MinedDef,
+    "manual": ManualDef,
 }
 
 
 class TagIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME_PATTERN, description="letters, digits and '_'")
-    kind: Literal["attribute", "statistical", "rule", "mined"]
+    kind: Literal["attribute", "statistical", "rule", "mined", "manual"]
     description: str = ""
     owner: str = ""
     value_type: Literal["string", "number", "date", "boolean"] = "string"
     multi: bool = False
     schedule: str | None = Field(None, max_length=50, description="daily, hourly, cron text")
-    definition: dict[str, Any]
+    definition: dict[str, Any] = Field(default_factory=dict)
 
 
 class TagPatch(BaseModel):
@@ -194,6 +218,11 @@ def create_tag(engine: Engine, body: TagIn) -> dict[str, Any]:
     values = body.model_dump()
     values["definition"] = checked_definition(body.kind, body.definition)
     values["schedule"] = checked_schedule(body.schedule)
+    if body.kind == "manual":
+        if body.multi:
+            raise TagError("multi", "a manual tag holds one value per person")
+        if values["schedule"] is None:  # its values reach the warehouse by themselves
+            values["schedule"] = MANUAL_SCHEDULE
     now = datetime.now(UTC)
     try:
         with engine.begin() as conn:
@@ -216,6 +245,8 @@ def update_tag(engine: Engine, name: str, patch: TagPatch) -> dict[str, Any] | N
         changes["definition"] = checked_definition(found["kind"], changes["definition"])
     if "schedule" in changes:
         changes["schedule"] = checked_schedule(changes["schedule"])
+    if found["kind"] == "manual" and changes.get("multi"):
+        raise TagError("multi", "a manual tag holds one value per person")
     if changes:
         with engine.begin() as conn:
             conn.execute(
@@ -243,5 +274,6 @@ def delete_tag(engine: Engine, name: str) -> bool:
         if tid is None:
             return False
         conn.execute(delete(tag_runs).where(tag_runs.c.tag_id == tid))
+        conn.execute(delete(manual_tag_values).where(manual_tag_values.c.tag_id == tid))
         conn.execute(delete(tags).where(tags.c.id == tid))
         return True

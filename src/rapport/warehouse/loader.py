@@ -91,7 +91,9 @@ def events_from_log(raw: ir.Table, prop_types: dict[str, str]) -> ir.Table:
 def load_from_log(wh: Warehouse, log: _Log, batch: int = 50_000, wait: float = 30.0) -> int:
     loaded = 0
     with wh.connect(wait=wait) as con:
-        # every typed column, declared now or once: each must hold its property for every event
+        # every typed column, declared now or once: each must hold its property for every
+        # event; a newly declared property gets its column (backfilled) here, the one writer
+        wh.add_prop_columns(con)
         prop_types = wh.event_prop_types(con)
         offset = int(wh.get_state(con, OFFSET_KEY) or 0)
         while True:

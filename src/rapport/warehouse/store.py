@@ -144,15 +144,18 @@ class Warehouse:
             return {}
         return dict(current_plan(self._metadata_engine).declared_event_properties())
 
-    def event_prop_columns(self, con: Backend) -> dict[str, str]:
-        """Property name -> column, adding a typed column for each newly declared property.
+    def add_prop_columns(self, con: Backend) -> dict[str, str]:
+        """The writers' path (the loader on each pass, the importer): add a typed column for
+        each newly declared property, then return ``event_prop_columns``.
 
-        The invariant the compilers rely on (``to_ibis``, rollups, tags): **a declared property
-        lives in its typed column**, for every event, so they read the column alone and never
-        parse the JSON for it. The loader and the importer fill the columns of new events;
-        a column added here is backfilled from the JSON of the events already loaded, in the
-        same step (one UPDATE). Ibis cannot alter a table, so the ALTER / UPDATE are SQL (the
-        UPDATE's value is the loader's Ibis expression, compiled).
+        The invariant the compilers rely on (``to_ibis``, rollups, tags): **a typed column
+        holds its property for every event**, so they read the column alone and never parse
+        the JSON for it. The loader and the importer fill the columns of new events; a column
+        added here is backfilled from the JSON of the events already loaded in the same
+        transaction (ALTER and UPDATE: both or neither). Ibis cannot alter a table, so this is
+        SQL (the UPDATE's value is the loader's Ibis expression, compiled). A property declared
+        in the plan gets its column at the follower's next pass (about a second under ``rapport
+        serve``); until then readers find no column and read the JSON.
         """
         declared = {
             name: kind
@@ -169,6 +172,13 @@ class Warehouse:
                         f'ALTER TABLE events ADD COLUMN IF NOT EXISTS "{column}" {type_sql}'
                     )
                     self.backfill_prop(con, name, kind)
+        return self.event_prop_columns(con)
+
+    def event_prop_columns(self, con: Backend) -> dict[str, str]:
+        """Property name -> typed column, as the ``events`` table has them now: the readers'
+        path (analytics, campaign results, recommendations). Read-only: adding a column is
+        ``add_prop_columns``' job, so a reader never ALTERs ``events`` under the loader (a
+        DuckDB transaction conflict). A property without a column is read from the JSON."""
         return {
             name[len(layout.PROP_PREFIX) :]: name
             for name in con.table("events").columns
@@ -177,7 +187,8 @@ class Warehouse:
 
     def event_prop_types(self, con: Backend) -> dict[str, str]:
         """Property -> plan type of every typed column (declared now, or once: a column keeps
-        being filled after its property is dropped from the plan, or it would go stale)."""
+        being filled after its property is dropped from the plan, or it would go stale).
+        Read-only, like ``event_prop_columns``."""
         columns = self.event_prop_columns(con)
         declared = self.declared_event_properties()
         schema = con.table("events").schema()

@@ -141,3 +141,98 @@ def distribution(name: str, request: Request, _: Principal = Depends(require()))
     """Persons with a value, all persons and {value: persons}, as of the last run."""
     _found(request, name)
     return store.distribution(request.app.state.ws, name)
+
+
+# -- manual tags: values set per person ---------------------------------------------------------
+class ValueIn(BaseModel):
+    value: str | int | float | bool
+
+
+class PersonValueIn(ValueIn):
+    person_key: int
+
+
+def _manual_error(exc: Exception) -> HTTPException:
+    if isinstance(exc, store.TagNotFound):
+        return HTTPException(status.HTTP_404_NOT_FOUND, str(exc))
+    assert isinstance(exc, TagError)
+    return _invalid(exc)
+
+
+@router.get("/{name}/values")
+def manual_values(
+    name: str, request: Request, limit: int = 1000, _: Principal = Depends(require())
+) -> list[dict[str, Any]]:
+    """A manual tag's values as set (not yet copied to the warehouse until the next run)."""
+    from rapport.tags import manual
+
+    try:
+        return manual.values(request.app.state.ws.db, name, limit=limit)
+    except store.TagNotFound as exc:
+        raise _manual_error(exc) from None
+
+
+@router.put("/{name}/values/{person_key}")
+def set_value(
+    name: str,
+    person_key: int,
+    body: ValueIn,
+    request: Request,
+    who: Principal = Depends(require(*EDITORS)),
+) -> dict[str, Any]:
+    """Set the person's value of a manual tag; the next run of the tag (every 5 minutes by
+    default, or the compute button) makes it visible to audiences and conditions."""
+    from rapport.tags import manual
+
+    db = request.app.state.ws.db
+    try:
+        [(person, value)] = manual.set_values(db, name, [(person_key, body.value)], who.name)
+    except (TagError, store.TagNotFound) as exc:
+        raise _manual_error(exc) from None
+    audit(db, who.name, "tag.value.set", name, person_key=person, value=value)
+    return {"tag": name, "person_key": person, "value": value}
+
+
+@router.delete("/{name}/values/{person_key}", status_code=status.HTTP_204_NO_CONTENT)
+def unset_value(
+    name: str, person_key: int, request: Request, who: Principal = Depends(require(*EDITORS))
+) -> Response:
+    from rapport.tags import manual
+
+    db = request.app.state.ws.db
+    try:
+        had = manual.unset(db, name, person_key)
+    except (TagError, store.TagNotFound) as exc:
+        raise _manual_error(exc) from None
+    if not had:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"person {person_key} has no {name!r}")
+    audit(db, who.name, "tag.value.unset", name, person_key=person_key)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{name}/values")
+def set_many(
+    name: str,
+    body: list[PersonValueIn],
+    request: Request,
+    who: Principal = Depends(require(*EDITORS)),
+) -> dict[str, Any]:
+    """Set many persons' values at once: all are checked first, none is written if one is
+    wrong (the error names its position in the list)."""
+    from rapport.tags import manual
+
+    db = request.app.state.ws.db
+    tag = _found(request, name)
+    for i, item in enumerate(body):
+        try:
+            manual.check_value(tag, item.value)
+            if item.person_key < 0:
+                raise TagError("person_key", f"an integer >= 0, not {item.person_key}")
+        except TagError as exc:
+            raise HTTPException(422, f"[{i}] (person {item.person_key}) {exc}") from None
+    try:
+        done = manual.set_values(db, name, [(i.person_key, i.value) for i in body], who.name)
+    except (TagError, store.TagNotFound) as exc:
+        raise _manual_error(exc) from None
+    audit(db, who.name, "tag.value.bulk", name, persons=len(done))
+    return {"tag": name, "set": len(done)}

@@ -30,7 +30,7 @@ from rapport.campaigns import (
 )
 from rapport.campaigns.content import ContentFunctions
 from rapport.campaigns.plan import attributes
-from rapport.campaigns.results import results
+from rapport.campaigns.results import report as campaign_report
 from rapport.db.tables import channels
 from rapport.segments.store import list_segments
 from rapport.warehouse import WarehouseBusy
@@ -134,12 +134,15 @@ def trend_chart(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _page_data(ws: Any, ref: str) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
-    """The campaign, its results once messages were enqueued, and whether the warehouse was
-    too busy to count conversions."""
+def _page_data(
+    ws: Any, ref: str, fresh: bool = False
+) -> tuple[dict[str, Any], dict[str, Any] | None, bool]:
+    """The campaign, its results once messages were enqueued (cached up to a minute, see
+    ``campaigns.results.report``), and whether the warehouse was too busy to count
+    conversions."""
     found = get_campaign(ws, ref)
     try:
-        report = results(ws, found["id"])
+        report = campaign_report(ws, found["id"], fresh=fresh)
     except WarehouseBusy:
         return found, None, True
     return found, report if report["sent"] else None, False
@@ -147,9 +150,10 @@ def _page_data(ws: Any, ref: str) -> tuple[dict[str, Any], dict[str, Any] | None
 
 @router.get("/campaigns/{ref}", response_class=HTMLResponse)
 async def campaign_page(
-    ref: str, request: Request, who: Principal = Depends(page())
+    ref: str, request: Request, fresh: bool = False, who: Principal = Depends(page())
 ) -> HTMLResponse:
-    found, report, busy = await run_in_threadpool(_page_data, request.app.state.ws, ref)
+    ws = request.app.state.ws
+    found, report, busy = await run_in_threadpool(_page_data, ws, ref, fresh)
     return render(
         request,
         "campaigns/show.html",

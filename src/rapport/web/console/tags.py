@@ -34,6 +34,7 @@ EXAMPLES = {
     "attribute": {"field": "city", "map": {"上海": "tier 1"}, "default": "other"},
     "statistical": {"event": "order_paid", "agg": "count", "window_days": 30},
     "rule": {"condition": {"kind": "did", "event": "book_hotel"}, "value": "yes"},
+    "manual": {"values": ["yes", "no"]},
 }
 
 
@@ -136,6 +137,8 @@ def _chart(dist: dict[str, int]) -> dict[str, Any]:
 
 
 def _detail(ws: Any, name: str) -> dict[str, Any]:
+    from rapport.tags import manual
+
     tag = get_tag(ws.db, name)
     if tag is None:
         raise HTTPException(404, f"no tag named {name!r}")
@@ -160,6 +163,7 @@ def _detail(ws: Any, name: str) -> dict[str, Any]:
         "height": max(200, 26 * len(dist) + 60),
         "runs": runs,
         "last_detail": cluster_detail,
+        "manual_values": manual.values(ws.db, name, limit=20) if tag["kind"] == "manual" else [],
     }
 
 
@@ -213,6 +217,33 @@ async def compute(
         raise HTTPException(422, f"the run failed: {exc}") from None
     accounts.audit(ws.db, who.name, "tag.compute", name, run=report.get("run_id"))
     return _back(request, f"/tags/{name}")
+
+
+@router.post("/tags/{name}/values")
+async def set_value(
+    name: str,
+    request: Request,
+    person_key: str = Form(""),
+    value: str = Form(""),
+    who: Principal = Depends(require(*EDITORS)),
+) -> Response:
+    """A manual tag's value for one person (applied to the warehouse at the tag's next run)."""
+    from rapport.tags import manual
+
+    ws = request.app.state.ws
+    if not person_key.strip().isdigit():
+        raise HTTPException(422, f"person_key: a person key (a whole number), not {person_key!r}")
+    try:
+        await run_in_threadpool(
+            manual.set_values, ws.db, name, [(int(person_key), value)], who.name
+        )
+    except store.TagNotFound:
+        raise HTTPException(404, f"no tag named {name!r}") from None
+    except TagError as exc:
+        raise HTTPException(422, str(exc)) from None
+    accounts.audit(ws.db, who.name, "tag.value.set", name, person_key=int(person_key), value=value)
+    message = f"{name} = {value} for person {person_key}: applied at the next run (or Compute now)."
+    return toast(_back(request, f"/tags/{name}"), message)
 
 
 @router.post("/tags/{name}/delete")
