@@ -178,6 +178,8 @@ def test_a_collector_serves_only_v1_and_an_api_process_everything_else(workspace
         assert c.get("/healthz").status_code == 200
         assert c.get("/api/plan").status_code == 404
         assert c.get("/login").status_code == 404
+        scraped = c.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code
+        assert scraped == 401  # served, and guarded like the server's
     token = accounts.create_token(workspace.db, accounts.Role.admin, "t")
     with TestClient(without_collector(create_app(workspace=workspace))) as c:
         assert c.post("/v1/track", json=body, auth=auth).status_code == 404

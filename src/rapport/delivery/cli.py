@@ -7,6 +7,8 @@ import json
 
 import typer
 
+from rapport import metrics
+
 cli = typer.Typer(no_args_is_help=True, help="Delivery: the outbox and its dispatchers.")
 
 
@@ -14,11 +16,14 @@ cli = typer.Typer(no_args_is_help=True, help="Delivery: the outbox and its dispa
 def dispatch_command(
     once: bool = typer.Option(False, "--once", help="Send what is due now, then stop."),
     parent: int = typer.Option(None, help="Stop when this process id is no longer the parent."),
+    metrics_port: str = typer.Option("0", "--metrics-port", help=metrics.PORT_HELP),
 ) -> None:
     """Send due messages (runs until stopped; ``rapport serve`` can start it beside the server)."""
     from rapport.delivery.dispatcher import dispatch
     from rapport.settings import get_settings
 
+    if not once:
+        metrics.serve_cli(metrics_port, "dispatch")
     with contextlib.suppress(KeyboardInterrupt):
         sent = dispatch(get_settings(), once=once, parent=parent)
         if once:

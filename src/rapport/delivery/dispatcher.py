@@ -23,6 +23,7 @@ from datetime import timedelta
 
 import aiohttp
 
+from rapport import metrics
 from rapport.delivery import guards, http
 from rapport.delivery.adapters import Sent, adapter_for
 from rapport.delivery.channels import Channel, load_channels
@@ -109,6 +110,7 @@ class Dispatcher:
         self.counters.claimed += len(batch)
         self.counters.batches += 1
         self.counters.breakers = {n: b.state for n, b in self.breakers.items()}
+        _count(batch, results, self.counters.breakers)
         return len(batch)
 
     def _addressed(self, message: Claimed, kinds: dict[str, str]) -> Claimed:
@@ -247,6 +249,28 @@ class Dispatcher:
             self.counters.retried += 1
             result.status, result.outcome = "failed", "retry"
         return result
+
+
+def _count(batch: list[Claimed], results: list[Result], breakers: dict[str, str]) -> None:
+    """A recorded batch in the metrics: outcomes per channel, delivery latency, send time."""
+    messages = {m.id: m for m in batch}
+    outcomes: dict[tuple[str, str], int] = {}
+    at = now()
+    for r in results:
+        m = messages.get(r.id)
+        if m is None:
+            continue
+        slot = (m.channel, r.outcome)
+        outcomes[slot] = outcomes.get(slot, 0) + 1
+        if r.ms is not None:
+            metrics.DELIVERY_SEND.labels(m.channel).observe(r.ms / 1000)
+        if r.outcome == "delivered":
+            waited = (at - m.queued_at).total_seconds()  # queued_at: UTC-aware (claim)
+            metrics.DELIVERY_LATENCY.labels(m.channel).observe(max(0.0, waited))
+    for (channel, outcome), n in outcomes.items():
+        metrics.DELIVERY_MESSAGES.labels(channel, outcome).inc(n)
+    for channel, state in breakers.items():
+        metrics.DELIVERY_BREAKER_OPEN.labels(channel).set(state != "closed")
 
 
 def dispatch(settings: Settings, once: bool = False, parent: int | None = None) -> int:

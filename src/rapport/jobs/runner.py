@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from rapport import metrics
 from rapport.db.tables import job_runs, jobs
 from rapport.jobs.registry import Job, all_jobs, find
 from rapport.jobs.schedule import ScheduleError, parse, time_zone
@@ -154,6 +155,8 @@ def _run(ws: Workspace, job: Job, now: datetime, trigger: str) -> dict[str, Any]
     except Exception as exc:  # noqa: BLE001 - recorded on the run; the other jobs go on
         status, error = "failed", f"{type(exc).__name__}: {exc}"
     seconds = time.perf_counter() - started
+    metrics.JOB_RUNS.labels(job.key, status).inc()
+    metrics.JOB_SECONDS.labels(job.key).observe(seconds)
     finished = now + timedelta(seconds=seconds)
     with ws.db.begin() as conn:
         conn.execute(

@@ -7,6 +7,7 @@ import logging
 
 import typer
 
+from rapport import metrics
 from rapport.settings import get_settings
 from rapport.workspace import Workspace
 
@@ -36,11 +37,13 @@ def rules(
     partitions: str = typer.Option(..., "--partitions", help="e.g. 0,1,2 (or all)"),
     nats: str = typer.Option("", "--nats", help="NATS URL (default: setting nats_url)"),
     batch: int = typer.Option(8, "--batch", min=1, help="NATS messages per partition and batch"),
+    metrics_port: str = typer.Option("0", "--metrics-port", help=metrics.PORT_HELP),
 ) -> None:
     """Run the lead rules over these partitions of the persons' events; stop with Ctrl-C."""
     from rapport.stream import worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    metrics.serve_cli(metrics_port, "rules")
     settings = get_settings()
     if nats:
         settings = dataclasses.replace(settings, nats_url=nats)
@@ -54,6 +57,7 @@ def rules(
 @cli.command("identity")
 def identity(
     parent: int = typer.Option(None, help="Stop when this process id is no longer the parent."),
+    metrics_port: str = typer.Option("0", "--metrics-port", help=metrics.PORT_HELP),
 ) -> None:
     """Stage 1: load the event log into the warehouse, resolve identities and publish the
     persons' events to the partitions (one process; scheduled jobs run in ``worker jobs``)."""
@@ -62,18 +66,22 @@ def identity(
     from rapport.stream.follow import follow
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    metrics.serve_cli(metrics_port, "identity")
     with contextlib.suppress(KeyboardInterrupt):
         follow(Workspace(), parent=parent, jobs_every=0)
 
 
 @cli.command("dispatch")
-def dispatch() -> None:
+def dispatch(
+    metrics_port: str = typer.Option("0", "--metrics-port", help=metrics.PORT_HELP),
+) -> None:
     """Send due outbox messages; any number may run (messages are leased, never sent twice)."""
     import contextlib
 
     from rapport.delivery.dispatcher import dispatch as run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    metrics.serve_cli(metrics_port, "dispatch")
     with contextlib.suppress(KeyboardInterrupt):
         run(get_settings())
 
@@ -81,6 +89,7 @@ def dispatch() -> None:
 @cli.command("jobs")
 def jobs(
     every: float = typer.Option(30.0, "--every", min=1.0, help="Seconds between checks."),
+    metrics_port: str = typer.Option("0", "--metrics-port", help=metrics.PORT_HELP),
 ) -> None:
     """Run the scheduled jobs as they fall due; several may run (each job is leased)."""
     import time
@@ -88,6 +97,7 @@ def jobs(
     from rapport.jobs.runner import run_due
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    metrics.serve_cli(metrics_port, "jobs")
     log = logging.getLogger("rapport.jobs")
     ws = Workspace()
     ws.init()

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 
+from rapport import metrics
 from rapport.warehouse.store import WarehouseBusy
 from rapport.workspace import Workspace
 
@@ -26,9 +27,26 @@ def one_pass(ws: Workspace, wait: float = 1.0) -> int:
     from rapport.stream.engine import run_pass
 
     loaded = ws.warehouse.load_from_log(ws.log, wait=wait)
-    resolve_pending(ws)
-    run_pass(ws, loaded)  # stage 2: rules kept current per event (audiences)
+    report = resolve_pending(ws)
+    stats = run_pass(ws, loaded)  # stage 2: rules kept current per event (audiences)
+    _count(loaded, report.records, report.merges, stats.events, stats.judged, stats.outputs)
     return loaded
+
+
+def _count(loaded: int, resolved: int, merges: int, fed: int, judged: int, outputs: int) -> None:
+    """A pass's numbers in the metrics (once per pass)."""
+    if loaded:
+        metrics.FOLLOW_LOADED.inc(loaded)
+    if resolved:
+        metrics.IDENTITY_RECORDS.inc(resolved)
+    if merges:
+        metrics.IDENTITY_MERGES.inc(merges)
+    if fed:
+        metrics.STREAM_JUDGED.labels("embedded").inc(fed)
+    if judged:
+        metrics.STREAM_JUDGEMENTS.labels("embedded").inc(judged)
+    if outputs:
+        metrics.STREAM_OUTPUTS.labels("embedded").inc(outputs)
 
 
 def follow(
@@ -49,12 +67,17 @@ def follow(
                 jobs_at = 0.0
             except Exception:  # noqa: BLE001 - a failed check must not stop the follower
                 log.exception("scheduled jobs check failed")
+        started = time.perf_counter()
+        outcome = "ok"
         try:
             loaded = one_pass(ws)
         except WarehouseBusy:  # a CLI import holds the file: try again on the next pass
-            loaded = 0
+            loaded, outcome = 0, "busy"
         except Exception:  # noqa: BLE001 - keep following; the error is in the server log
             log.exception("stream pass failed")
-            loaded = 0
+            loaded, outcome = 0, "failed"
+        metrics.FOLLOW_PASSES.labels(outcome).inc()
+        if loaded:
+            metrics.FOLLOW_PASS_SECONDS.observe(time.perf_counter() - started)
         if not loaded:
             time.sleep(interval)

@@ -56,6 +56,7 @@ import msgspec
 import orjson
 from sqlalchemy.exc import OperationalError
 
+from rapport import metrics
 from rapport.log import nats as natslog
 from rapport.stream import core
 from rapport.stream.core import EPOCH, Core
@@ -158,6 +159,14 @@ class Partition:
         self.writing: tuple[int, Msg | None] | None = None
         #: survivors' states from ``Merge`` messages, for the core's loader to take
         self.merged: dict[int, PersonState] = {}
+        label = str(number)  # the metrics' children, looked up once
+        self.counted = (
+            metrics.STREAM_READ.labels(label),
+            metrics.STREAM_JUDGED.labels(label),
+            metrics.STREAM_JUDGEMENTS.labels(label),
+            metrics.PARTITION_PENDING.labels(label),
+            metrics.PARTITION_EVENT_TIME.labels(label),
+        )
 
     def _history(self, persons: set[int], ref: datetime) -> dict[int, PersonState]:
         """The core's loader: a merge's survivor gets the state its message carried; a person
@@ -199,8 +208,11 @@ class Partition:
             if c.refresh_rules():  # a rule changed: rebuild the timers on the states kept
                 c.restore(list(c.states))
         lateness = c.lateness
+        events, judged, read = c.stats.events, c.stats.judged, 0
         for m in msgs:
-            for e in decode(m.data):
+            batch = decode(m.data)
+            read += len(batch)
+            for e in batch:
                 if not isinstance(e, PersonEvent):
                     c.advance(self.top - lateness)  # as the embedded engine ended its pass
                     self.control(e)
@@ -214,8 +226,18 @@ class Partition:
                     c.feed(e.person, _record(e), e.running)
                     self.dirty.add(e.person)
         c.advance(self.top - lateness)
-        self.seq = msgs[-1].metadata.sequence.stream
+        meta = msgs[-1].metadata
+        self.seq = meta.sequence.stream
         self.quiet_since = time.monotonic()
+        counted = self.counted  # per batch: read, judged, judgements, pending, event time
+        counted[0].inc(read)
+        counted[1].inc(max(0, c.stats.events - events))
+        counted[2].inc(max(0, c.stats.judged - judged))
+        pending = getattr(meta, "num_pending", None)
+        if pending is not None:
+            counted[3].set(pending)
+        if self.top > EPOCH:
+            counted[4].set(self.top.timestamp())
 
     def control(self, msg: Profile | Merge | Drop) -> None:
         """Apply a profile, a merge or a drop to the states."""
@@ -261,6 +283,7 @@ class Partition:
                     break
                 try:
                     provider.apply(self.ws, batch)
+                    metrics.applied(provider.name, batch)  # committed: count, latency
                     break
                 except OperationalError:
                     if attempt == 19:

@@ -1,5 +1,5 @@
-"""The app of ``rapport serve --role collector``: the Segment collector (``/v1``) and
-``/healthz``, nothing else, so that several of them (ports, machines) can take events beside
+"""The app of ``rapport serve --role collector``: the Segment collector (``/v1``),
+``/healthz`` and ``/metrics``, nothing else, so that several of them (ports, machines) can take events beside
 one API process, all appending to the shared event log (``log_backend = "nats"``)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from rapport.workspace import Workspace
 
 def create_collector_app(ws: Workspace) -> FastAPI:
     from rapport.web import collector, health
+    from rapport.web import metrics as web_metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -32,11 +33,12 @@ def create_collector_app(ws: Workspace) -> FastAPI:
     app.state.ws = ws
     app.state.startup = []
     app.state.shutdown = []
-    for module in (health, collector):
+    for module in (health, collector, web_metrics):
         setup = getattr(module, "setup", None)
         if setup is not None:
             setup(app)
         app.include_router(module.router)
+    app.add_middleware(web_metrics.RequestMetrics)
     return app
 
 
