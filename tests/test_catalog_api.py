@@ -274,7 +274,7 @@ def test_yaml_export_and_import_over_http(client, admin_headers):
     ]
 
 
-def test_openapi_lists_plan_endpoints(client):
-    paths = client.get("/openapi.json").json()["paths"]
+def test_openapi_lists_plan_endpoints(client, admin_headers):
+    paths = client.get("/openapi.json", headers=admin_headers).json()["paths"]
     for path in ("/api/plan", "/api/plan/events/{name}", "/api/plan/import", "/api/plan/export"):
         assert path in paths

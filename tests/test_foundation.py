@@ -44,5 +44,6 @@ def test_health_is_public(client):
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_openapi_lists_api(client):
-    assert client.get("/openapi.json").status_code == 200
+def test_openapi_lists_api(client, admin_headers):
+    assert client.get("/openapi.json").status_code == 401  # not public
+    assert client.get("/openapi.json", headers=admin_headers).status_code == 200

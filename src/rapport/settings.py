@@ -14,10 +14,26 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+#: what a profile sets unless ``rapport.toml`` or the environment says otherwise
+PROFILES: dict[str, dict[str, Any]] = {
+    "embedded": {},
+    # one machine outgrown: metadata on PostgreSQL (``database_url``, required), the event log
+    # and the persons' partitions on NATS JetStream, separate processes (docs/operations.md)
+    "cluster": {
+        "log_backend": "nats",
+        "stream_backend": "nats",
+        "warehouse_backend": "spark",
+        "loader_in_process": False,
+        "dispatcher_in_process": False,
+    },
+}
+
 
 @dataclass(frozen=True)
 class Settings:
     home: Path = Path("rapport-data")
+    #: ``embedded`` (one process, files in home) or ``cluster`` (see PROFILES)
+    profile: str = "embedded"
     #: SQLAlchemy URL of the metadata DB; empty means SQLite in ``home``.
     database_url: str = ""
     #: DuckDB warehouse file; empty means ``home/warehouse.duckdb``.
@@ -105,6 +121,32 @@ class Settings:
     nats_url: str = "nats://127.0.0.1:4222"
     #: The JetStream stream holding the persons' events (subjects ``<lowercased name>.<p>``).
     nats_stream: str = "RAPPORT_PERSONS"
+    #: Where tags, audiences and offline lead rules read the warehouse: "duckdb" (the file)
+    #: or "spark" (Parquet tables in ``spark_warehouse_path``, written by ``rapport warehouse
+    #: export-parquet``; results are still written to DuckDB, bitmaps and the metadata DB).
+    warehouse_backend: str = "duckdb"
+    #: The Spark master ("local[2]": this machine's two cores; "spark://host:7077", "yarn").
+    spark_master: str = "local[2]"
+    #: Directory (or a URL Spark reads, e.g. "s3a://bucket/rapport") of the Parquet tables;
+    #: empty means ``home/spark-warehouse``.
+    spark_warehouse_path: str = ""
+    #: The Spark driver's memory (e.g. "4g").
+    spark_driver_memory: str = "2g"
+    #: Collector rate limit per write key: events per second (a token bucket; 0 = no limit).
+    #: Over it, /v1 answers 429 with Retry-After and the client sends the batch again.
+    collector_rate_limit: float = 5000.0
+    #: How many events a write key may send at once above the rate (the bucket's size).
+    collector_rate_burst: int = 10_000
+    #: Where the event log lives: "sqlite" (a file in home: one collector process) or "nats"
+    #: (a JetStream stream: collectors in several processes or machines append to it).
+    log_backend: str = "sqlite"
+    #: The JetStream stream of the event log (subjects ``<lowercased name>.<source>.<event>``).
+    nats_log_stream: str = "RAPPORT_EVENTS"
+    #: Its replicas (a NATS cluster keeps this many copies; 1 on a single server).
+    nats_log_replicas: int = 1
+    #: ``GET /metrics`` without a token from this machine's loopback address (a Prometheus
+    #: beside the server); off: a token with read access is always needed.
+    metrics_public_loopback: bool = True
     secret_key: str = field(default="", repr=False)
 
     # -- derived paths ---------------------------------------------------------------------
@@ -115,6 +157,14 @@ class Settings:
     @property
     def warehouse_file(self) -> Path:
         return Path(self.warehouse_path) if self.warehouse_path else self.home / "warehouse.duckdb"
+
+    @property
+    def spark_dir(self) -> Path:
+        return (
+            Path(self.spark_warehouse_path)
+            if self.spark_warehouse_path
+            else self.home / "spark-warehouse"
+        )
 
     @property
     def log_file(self) -> Path:
@@ -183,7 +233,21 @@ def load_settings(**overrides: Any) -> Settings:
     unknown = set(values) - names
     if unknown:
         raise ValueError(f"unknown setting(s) in rapport.toml: {', '.join(sorted(unknown))}")
+    values = _with_profile(values)
     return Settings(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def _with_profile(values: dict[str, Any]) -> dict[str, Any]:
+    """The profile's defaults under what was set explicitly; a cluster needs PostgreSQL."""
+    profile = str(values.get("profile", "embedded"))
+    if profile not in PROFILES:
+        raise ValueError(f"profile = {profile!r}: one of {', '.join(PROFILES)}")
+    if profile == "cluster" and not str(values.get("database_url", "")).startswith("postgresql"):
+        raise ValueError(
+            "profile = 'cluster' keeps the metadata on PostgreSQL: set database_url = "
+            "'postgresql+psycopg://user@host:5432/rapport' in rapport.toml or RAPPORT_DATABASE_URL"
+        )
+    return {**PROFILES[profile], **values}
 
 
 @lru_cache(maxsize=1)

@@ -6,6 +6,8 @@ identifier names, so that an unplanned ``mobile`` in an event is masked too.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from typing import Any
 
@@ -75,3 +77,32 @@ def mask_json_text(text: str, fields: frozenset[str]) -> str:
         return json.dumps(mask(json.loads(text), fields), ensure_ascii=False)
     except ValueError:
         return "*** (not JSON; hidden: it may hold personal data)"
+
+
+def mask_rows(header: list[str], rows: list[list[Any]], fields: frozenset[str]) -> list[list[Any]]:
+    """Rows of a table export (CSV, XLSX) with the cells of personal columns masked, and
+    personal keys inside JSON cells too."""
+    personal = [name.lower() in fields for name in header]
+    out = []
+    for row in rows:
+        cells = []
+        for is_personal, cell in zip(personal, row, strict=False):
+            if is_personal:
+                cell = mask_value(cell if cell is None or isinstance(cell, str) else str(cell))
+            elif isinstance(cell, str) and cell[:1] in ("{", "["):
+                cell = mask_json_text(cell, fields)
+            cells.append(cell)
+        out.append(cells)
+    return out
+
+
+def mask_csv(text: str, fields: frozenset[str]) -> str:
+    """``mask_rows`` for CSV text whose first row is the header."""
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return text
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(rows[0])
+    writer.writerows(mask_rows(rows[0], rows[1:], fields))
+    return out.getvalue()

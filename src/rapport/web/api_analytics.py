@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from rapport.accounts import Scope, audit
 from rapport.analytics import KINDS, AnalyticsError, run, to_csv
 from rapport.conditions.errors import ConditionError
 from rapport.warehouse import WarehouseBusy
@@ -48,7 +49,13 @@ def _spec(raw: str | None) -> dict[str, Any]:
     return spec
 
 
-def csv_response(kind: str, result: dict[str, Any]) -> Response:
+def csv_response(
+    kind: str, result: dict[str, Any], request: Request | None = None, who: Principal | None = None
+) -> Response:
+    """The CSV download; an export, so audited when the caller is known."""
+    if request is not None and who is not None:
+        rows = len(result["table"]["rows"])
+        audit(request.app.state.ws.db, who.name, "analytics.export", kind, rows=rows)
     return Response(
         to_csv(result),
         media_type="text/csv",
@@ -61,10 +68,10 @@ async def post_csv(
     kind: str,
     request: Request,
     spec: dict[str, Any] = Body(...),
-    _: Principal = Depends(require()),
+    who: Principal = Depends(require(scope=Scope.read)),
 ) -> Response:
     result = await run_in_threadpool(analyse, request.app.state.ws, kind, spec)
-    return csv_response(kind, result)
+    return csv_response(kind, result, request, who)
 
 
 @router.get("/api/analytics/{kind}.csv", response_class=Response)
@@ -72,10 +79,10 @@ async def get_csv(
     kind: str,
     request: Request,
     spec: str | None = Query(None, description="the spec as JSON"),
-    _: Principal = Depends(require()),
+    who: Principal = Depends(require()),
 ) -> Response:
     result = await run_in_threadpool(analyse, request.app.state.ws, kind, _spec(spec))
-    return csv_response(kind, result)
+    return csv_response(kind, result, request, who)
 
 
 @router.post("/api/analytics/{kind}")
@@ -83,7 +90,7 @@ async def post(
     kind: str,
     request: Request,
     spec: dict[str, Any] = Body(...),
-    _: Principal = Depends(require()),
+    _: Principal = Depends(require(scope=Scope.read)),
 ) -> dict[str, Any]:
     return await run_in_threadpool(analyse, request.app.state.ws, kind, spec)
 

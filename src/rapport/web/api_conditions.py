@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from rapport.accounts import Scope
 from rapport.conditions import text as condition_text
 from rapport.conditions.errors import ConditionError
 from rapport.conditions.model import Condition, from_json, to_json
@@ -20,6 +21,7 @@ from rapport.conditions.validate import context
 from rapport.web.auth import Principal, require
 
 router = APIRouter(prefix="/api/conditions", tags=["conditions"])
+READ = require(scope=Scope.read)  # parsing, printing and checking change nothing
 
 #: the ``kind`` tags pydantic puts in an error's location after a union position
 _KINDS = frozenset({"and", "or", "not", "attr", "tag", "segment", "did", "sequence", "event"})
@@ -91,7 +93,7 @@ def _unprocessable(errors: list[ConditionError]) -> JSONResponse:
 
 
 @router.post("/parse", response_model=None)
-def parse(body: TextIn, _: Principal = Depends(require())) -> dict[str, Any] | JSONResponse:
+def parse(body: TextIn, _: Principal = Depends(READ)) -> dict[str, Any] | JSONResponse:
     """The tree of a text condition and its canonical text; 422 names the line and column."""
     try:
         cond = condition_text.parse(body.text)
@@ -102,7 +104,7 @@ def parse(body: TextIn, _: Principal = Depends(require())) -> dict[str, Any] | J
 
 
 @router.post("/print", response_model=None)
-def print_(body: ConditionIn, _: Principal = Depends(require())) -> dict[str, Any] | JSONResponse:
+def print_(body: ConditionIn, _: Principal = Depends(READ)) -> dict[str, Any] | JSONResponse:
     """The text form of a JSON condition; 422 lists what is malformed, with JSON paths."""
     try:
         return {"text": condition_text.to_text(_tree(body.condition))}
@@ -113,9 +115,7 @@ def print_(body: ConditionIn, _: Principal = Depends(require())) -> dict[str, An
 
 
 @router.post("/validate")
-def validate(
-    request: Request, body: ValidateIn, _: Principal = Depends(require())
-) -> dict[str, Any]:
+def validate(request: Request, body: ValidateIn, _: Principal = Depends(READ)) -> dict[str, Any]:
     """Every problem of a condition: syntax, then the events, properties, attributes, tags
     and segments it names against the tracking plan and the workspace."""
     try:

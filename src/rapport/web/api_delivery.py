@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from rapport.accounts import Role, audit
+from rapport.catalog.pii import mask_rows, pii_fields
 from rapport.delivery import calllist, channels, http, outbox
 from rapport.delivery.adapters import adapter_for
 from rapport.delivery.errors import DeliveryError
@@ -129,10 +130,16 @@ async def test_channel(
 
 
 async def _call_list(request: Request, name: str, mark: bool, who: Principal) -> Any:
+    """The call team (sales, admins) gets the numbers to call and takes the list; anyone else
+    (marketers) gets a preview with personal columns masked, which leaves the list waiting."""
     ws = request.app.state.ws
+    caller = who.sees_pii or who.role is Role.sales
+    mark = mark and caller
     header, rows = await run_in_threadpool(calllist.take, ws.db, name, mark)
     if mark and rows:
         audit(ws.db, who.name, "calllist.export", name, rows=len(rows))
+    if not caller:
+        rows = mask_rows(header, rows, pii_fields(ws.db))
     return header, rows
 
 

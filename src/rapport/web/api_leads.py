@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from rapport.accounts import Role, audit
+from rapport.accounts import Role, Scope, audit
 from rapport.catalog.pii import mask, pii_fields
 from rapport.conditions.validate import context
 from rapport.leads import records, routing, rules
@@ -93,7 +93,7 @@ def list_rules(request: Request, _: Principal = Depends(require(*READERS))) -> l
 
 @router.post("/rules/validate")
 def validate_rule(
-    body: ValidateIn, request: Request, _: Principal = Depends(require(*READERS))
+    body: ValidateIn, request: Request, _: Principal = Depends(require(*READERS, scope=Scope.read))
 ) -> dict[str, Any]:
     """``{"valid", "errors": [{"field", "path", "message"}], "text"}``, never an HTTP error."""
     values = body.model_dump()
@@ -286,6 +286,8 @@ def update_team(
     request: Request,
     who: Principal = Depends(require(Role.admin)),
 ) -> dict[str, Any]:
+    # a null field means "unchanged", as an absent one does (not "set to null")
+    body = routing.TeamPatch(**body.model_dump(exclude_none=True))
     try:
         out = routing.update_team(_ws(request).db, name, body)
     except (routing.RoutingError, routing.RoutingNotFound) as exc:

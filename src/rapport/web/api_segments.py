@@ -13,7 +13,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
-from rapport.accounts import Role, audit
+from rapport.accounts import Role, Scope, audit
+from rapport.catalog.pii import mask_csv, pii_fields
 from rapport.conditions.errors import ConditionError
 from rapport.segments import audiences, funnel, lifecycle, segmentations
 from rapport.segments.refresh import refresh
@@ -65,7 +66,8 @@ class SizeIn(BaseModel):
 
 
 class LifecycleSettings(BaseModel):
-    activation_events: list[str] | None = None
+    # none would make "activated" a constant the warehouse query cannot aggregate
+    activation_events: list[str] | None = Field(None, min_length=1)
     retained_days: int | None = None
     lost_days: int | None = None
 
@@ -121,7 +123,9 @@ def create(
 
 
 @router.post("/api/segments/size")
-def size(body: SizeIn, request: Request, _: Principal = Depends(require())) -> dict[str, Any]:
+def size(
+    body: SizeIn, request: Request, _: Principal = Depends(require(scope=Scope.read))
+) -> dict[str, Any]:
     """Size, whether the bitmap index alone answered, milliseconds and a sample of persons;
     with ``previous``, the overlap with the version before the edit."""
     ws = request.app.state.ws
@@ -260,6 +264,8 @@ def export(
         text = audiences.export_csv(ws, name, chosen)
     except ERRORS as exc:
         raise _invalid(exc) from None
+    if not who.sees_pii:  # a marketer's list: the attributes, personal ones masked
+        text = mask_csv(text, pii_fields(ws.db))
     audit(ws.db, who.name, "segment.export", name, attributes=chosen)
     return Response(
         text,

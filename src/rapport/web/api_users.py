@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -29,6 +29,12 @@ class UserOut(BaseModel):
     role: Role
     disabled: bool
     created_at: datetime
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        """The DB keeps naive UTC; the answer says so (RFC 3339 needs an offset)."""
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class UserCreate(BaseModel):

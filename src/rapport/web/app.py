@@ -9,6 +9,8 @@ from fastapi import FastAPI
 from starlette.middleware.sessions import SessionMiddleware
 
 from rapport.settings import Settings
+from rapport.web import security
+from rapport.web.metrics import RequestMetrics
 from rapport.workspace import Workspace
 
 
@@ -31,6 +33,10 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         version="0.1.0",
         description="Customer data platform and CRM lead engine.",
         lifespan=lifespan,
+        # served by rapport.web.security behind a sign-in, not in public
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.ws = ws
     app.state.startup = []  # async callables(app), run in order at start-up
@@ -40,8 +46,10 @@ def create_app(settings: Settings | None = None, workspace: Workspace | None = N
         secret_key=ws.settings.signing_key(),
         session_cookie="rapport_session",
         same_site="lax",
-        https_only=False,
+        https_only=security.serves_https(ws.settings.public_url),
     )
+    security.install(app, ws.settings.public_url)
+    app.add_middleware(RequestMetrics)  # outermost: times the whole request
     from rapport.web import routes
 
     routes.mount(app)

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import HTTPException, Request, status
 
 from rapport import accounts
-from rapport.accounts import Role
+from rapport.accounts import Role, Scope
 from rapport.catalog.pii import mask, mask_json_text, pii_fields
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -26,6 +26,13 @@ class Principal:
     name: str
     role: Role
     via_session: bool = False
+    #: a bearer token's scopes; None for a console session (bounded by its role only)
+    scopes: frozenset[Scope] | None = None
+
+    def allows(self, scope: Scope) -> bool:
+        if self.scopes is None or scope in self.scopes:
+            return True
+        return Scope.admin in self.scopes and scope in (Scope.read, Scope.write)
 
     @property
     def sees_pii(self) -> bool:
@@ -43,10 +50,13 @@ def csrf_token(request: Request) -> str:
 async def current_principal(request: Request) -> Principal | None:
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
-        found = accounts.token_principal(request.app.state.ws.db, header[7:].strip())
+        try:
+            found = accounts.token_principal(request.app.state.ws.db, header[7:].strip())
+        except accounts.TokenRejected as exc:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc)) from None
         if found is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid or revoked bearer token")
-        return Principal(found["name"], Role(found["role"]))
+        return Principal(found["name"], Role(found["role"]), scopes=found["scopes"])
     user = request.session.get("user") if "session" in request.scope else None
     if not user:
         return None
@@ -65,10 +75,14 @@ async def current_principal(request: Request) -> Principal | None:
     return Principal(user["name"], role, via_session=True)
 
 
-def require(*roles: Role) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
+def require(
+    *roles: Role, scope: Scope | None = None
+) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
     """A dependency: the caller must be signed in, with one of ``roles`` (any role if none).
 
-    Admins pass every check.
+    Admins pass every check. A bearer token also needs a scope: ``admin`` for admin-only
+    routes, else ``read`` for safe methods and ``write`` for the others (``scope`` overrides
+    this, e.g. ``read`` for a query sent by POST).
     """
 
     async def dependency(request: Request) -> Principal:
@@ -85,6 +99,20 @@ def require(*roles: Role) -> Callable[[Request], Coroutine[Any, Any, Principal]]
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
                 f"role '{principal.role.value}' may not do this (needs: {allowed})",
+            )
+        needed = scope or (
+            Scope.admin
+            if roles == (Role.admin,)
+            else Scope.read
+            if request.method in SAFE_METHODS
+            else Scope.write
+        )
+        if not principal.allows(needed):
+            held = accounts.format_scopes(principal.scopes or frozenset()) or "none"
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"this token lacks the '{needed.value}' scope (it has: {held}); "
+                f"create one with: rapport token create --scopes {needed.value}",
             )
         request.state.principal = principal
         return principal

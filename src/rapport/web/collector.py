@@ -17,10 +17,12 @@ from typing import Any
 import msgspec
 from fastapi import APIRouter, FastAPI, Request, Response
 
+from rapport import accounts, metrics
 from rapport.ingest.collector import Collector
 from rapport.ingest.messages import BodyError, decode_body, parse_time
-from rapport.ingest.sources import Source, source_by_key
-from rapport.log import LogOverloaded
+from rapport.ingest.sources import Source, source_by_key, source_by_name
+from rapport.log import LogOverloaded, LogWriteFailed
+from rapport.web.ratelimit import TokenBuckets
 
 router = APIRouter(tags=["collector"])
 _encode = msgspec.json.encode
@@ -35,7 +37,9 @@ class Rejected(Exception):
 
 def _error(exc: Rejected) -> Response:
     body = {"success": False, "code": exc.code, "message": exc.message, **exc.extra}
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    headers = None
+    if exc.status in (429, 503, 507):
+        headers = {"Retry-After": str(exc.extra.get("retry_after", 1))}
     if exc.status == 401:
         headers = {"WWW-Authenticate": 'Basic realm="rapport collector"'}
     return Response(_encode(body), exc.status, headers, media_type="application/json")
@@ -99,7 +103,39 @@ def _credentials(request: Request, body: Any) -> tuple[str | None, str]:
     return None, ""
 
 
+def _bearer_source(request: Request, token: str) -> Source:
+    """The alternative to a write key: an API token with the ``ingest`` scope, and the source
+    named in an ``X-Source`` header (its validation mode and allowed events apply)."""
+    db = request.app.state.ws.db
+    try:
+        found = accounts.token_principal(db, token)
+    except accounts.TokenRejected as exc:
+        raise Rejected(401, "invalid_token", str(exc)) from None
+    if found is None:
+        raise Rejected(401, "invalid_token", "invalid or revoked bearer token")
+    if accounts.Scope.ingest not in found["scopes"]:
+        held = accounts.format_scopes(found["scopes"])
+        raise Rejected(
+            403,
+            "missing_scope",
+            f"this token lacks the 'ingest' scope (it has: {held}); "
+            "create one with: rapport token create --scopes ingest",
+        )
+    name = request.headers.get("x-source", "").strip()
+    if not name:
+        raise Rejected(
+            400, "missing_source", "a bearer token must name its source in an X-Source header"
+        )
+    source = source_by_name(db, name)
+    if source is None:
+        raise Rejected(400, "unknown_source", f"X-Source: no source named {name!r}")
+    return source
+
+
 def _authenticate(request: Request, body: Any) -> Source:
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return _bearer_source(request, header[7:].strip())
     key, password = _credentials(request, body)
     if not key:
         raise Rejected(
@@ -121,15 +157,33 @@ def _authenticate(request: Request, body: Any) -> Source:
     return source
 
 
+def _within_rate(request: Request, source: Source, events: int) -> None:
+    """429 when the write key is over ``collector_rate_limit``: the client is told to send the
+    whole request again after Retry-After seconds (Segment's libraries do); nothing was kept."""
+    wait = request.app.state.collector_rate.take(source.write_key, events)
+    if wait:
+        after = TokenBuckets.retry_after(wait)
+        raise Rejected(
+            429,
+            "rate_limited",
+            f"source {source.name!r} is over its rate limit of "
+            f"{request.app.state.collector_rate.rate:g} events/s: nothing in this request was "
+            f"stored; send it again after {after} s",
+            retry_after=int(after),
+        )
+
+
 async def _collect(request: Request, kind: str | None) -> Response:
     received = datetime.now(UTC)
     ws = request.app.state.ws
     limit = ws.settings.max_batch_bytes if kind is None else ws.settings.max_event_bytes
     what = "/v1/batch" if kind is None else f"/v1/{kind}"
+    source: Source | None = None
     try:
         raw = await _read_body(request, limit, what)
         # a key in the headers is checked before parsing: strangers cost no JSON decoding
-        source = _authenticate(request, None) if _credentials(request, None)[0] else None
+        bearer = request.headers.get("authorization", "")[:7].lower() == "bearer "
+        source = _authenticate(request, None) if bearer or _credentials(request, None)[0] else None
         body = decode_body(raw)
         if source is None:
             source = _authenticate(request, body)
@@ -144,6 +198,7 @@ async def _collect(request: Request, kind: str | None) -> Response:
             path = "$.batch"
         else:
             messages, path = [body], "$"
+        _within_rate(request, source, len(messages))
         collector: Collector = request.app.state.collector
         checked = collector.check(
             source,
@@ -155,12 +210,21 @@ async def _collect(request: Request, kind: str | None) -> Response:
         )
         results = await collector.submit(checked)
     except BodyError as exc:
-        return _error(Rejected(400, exc.code, exc.message, **exc.where))
+        return _refused(source, Rejected(400, exc.code, exc.message, **exc.where))
     except Rejected as exc:
-        return _error(exc)
+        return _refused(source, exc)
     except LogOverloaded as exc:
-        return _error(Rejected(503, "overloaded", f"busy, retry shortly: {exc}"))
+        return _refused(source, Rejected(503, "overloaded", f"busy, retry shortly: {exc}"))
+    except LogWriteFailed as exc:  # nothing of this request is acknowledged: safe to resend
+        status, code = (507, "insufficient_storage") if exc.disk_full else (503, "log_failed")
+        message = f"{exc}; nothing in this request was stored, send it again later"
+        return _refused(source, Rejected(status, code, message, retry_after=10))
     return Response(_encode({"success": True, "results": results}), media_type="application/json")
+
+
+def _refused(source: Source | None, exc: Rejected) -> Response:
+    metrics.COLLECTOR_REJECTED.labels(source.name if source else "", exc.code).inc()
+    return _error(exc)
 
 
 def _endpoint(kind: str | None) -> Callable[[Request], Awaitable[Response]]:
@@ -183,6 +247,10 @@ router.add_api_route("/v1/import", _endpoint(None), methods=["POST"], include_in
 def setup(app: FastAPI) -> None:
     async def start(app: FastAPI) -> None:
         app.state.collector = Collector(app.state.ws)
+        settings = app.state.ws.settings
+        app.state.collector_rate = TokenBuckets(
+            settings.collector_rate_limit, settings.collector_rate_burst
+        )
         app.state.ws.log  # open the log now, not on the first request  # noqa: B018
         # A batch of 500 messages is ~3,500 dicts that stay alive across the commit's await,
         # so they outlive young collections and keep triggering full ones, each of which walked

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from rapport.web import errors
+
 
 def mount(app: FastAPI) -> None:
     """Include each module's ``router`` after calling its optional ``setup(app)``.
@@ -13,6 +15,7 @@ def mount(app: FastAPI) -> None:
     """
     from rapport.web import (
         api_analytics,
+        api_audit,
         api_campaigns,
         api_conditions,
         api_coupons,
@@ -31,6 +34,7 @@ def mount(app: FastAPI) -> None:
         api_segments,
         api_sources,
         api_tags,
+        api_tokens,
         api_users,
         assets,
         collector,
@@ -39,7 +43,9 @@ def mount(app: FastAPI) -> None:
         track,
         unsubscribe,
     )
+    from rapport.web import metrics as web_metrics
     from rapport.web.console import analytics as console_analytics
+    from rapport.web.console import audit as console_audit
     from rapport.web.console import jobs as console_jobs
     from rapport.web.console import journeys as console_journeys
     from rapport.web.console import leads as console_leads
@@ -58,8 +64,11 @@ def mount(app: FastAPI) -> None:
     modules += [api_recommend, console_recommendations]
     modules += [api_analytics, console_analytics]
     modules += [api_events, api_quarantine, api_users, api_persons, api_identity, console]
+    modules += [api_tokens, api_audit, console_audit]
+    modules += [web_metrics]
+    errors.install(app)
     for module in modules:
         setup = getattr(module, "setup", None)
         if setup is not None:
             setup(app)
-        app.include_router(module.router)
+        app.include_router(module.router, responses=errors.responses(module.router))

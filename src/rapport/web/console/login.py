@@ -110,6 +110,8 @@ async def login(
     )
     if user is None:
         guard.failed(ip, username)
+        # the name as typed (it may not exist): failed sign-ins are audited too
+        accounts.audit(request.app.state.ws.db, username[:100] or "-", "login.failed", ip)
         return again(BAD_LOGIN, 401)
     guard.succeeded(ip, username)
     request.session.clear()  # a fresh session: no fixation of a pre-login session
