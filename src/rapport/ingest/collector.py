@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert
 
+from rapport import metrics
 from rapport.accounts import now
 from rapport.db.tables import violations as violations_table
 from rapport.ingest import quarantine
@@ -47,6 +49,12 @@ class Checked:
     #: violations of lenient events, per record index
     violations: dict[int, list[dict[str, str]]] = field(default_factory=dict)
     quarantined: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _count(checked: Checked, offsets: list[int | None]) -> None:
+    """The request's outcome in the collector's counters (once per request)."""
+    duplicate = offsets.count(None)
+    metrics.collected(checked.source, len(offsets) - duplicate, duplicate, len(checked.quarantined))
 
 
 def _as_dicts(found: list[Any]) -> list[dict[str, str]]:
@@ -206,15 +214,19 @@ class Collector:
 
     async def submit(self, checked: Checked) -> list[dict[str, Any]]:
         """Store everything; raises LogOverloaded before anything is written to the log."""
+        started = time.perf_counter()
         offsets = await self.ws.log.append(checked.records)
+        metrics.LOG_APPEND.observe(time.perf_counter() - started)
         rows = self._settle(checked, offsets)
         if checked.quarantined or rows:
             await asyncio.to_thread(self._store_side, checked, rows)
+        _count(checked, offsets)
         return checked.results
 
     def submit_sync(self, checked: Checked) -> list[dict[str, Any]]:
         offsets = self.ws.log.append_many(checked.records)
         self._store_side(checked, self._settle(checked, offsets))
+        _count(checked, offsets)
         return checked.results
 
     def replay(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -104,6 +104,9 @@ def import_file(
     name: str = typer.Option(None, "--name", help="Save the import under this name."),
     watermark: str = typer.Option(None, "--watermark", help="Column for incremental re-runs."),
     fmt: str = typer.Option(None, "--format", help="csv | jsonl | parquet (default: suffix)."),
+    encoding: str = typer.Option(
+        None, "--encoding", help="CSV encoding, e.g. gbk (default: UTF-8, else GBK detected)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the run as JSON."),
 ) -> None:
     """Import a file."""
@@ -113,6 +116,7 @@ def import_file(
         uri=path,
         format=fmt,
         watermark=watermark,
+        encoding=encoding,
         mapping=_mapping(mapping),
     )
     _run(spec, as_json)

@@ -14,6 +14,7 @@ key), items by (type, id, source); unchanged records are counted as duplicates, 
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,14 @@ from rapport.accounts import now
 from rapport.db.tables import import_runs, imports
 from rapport.ingest import normalize
 from rapport.ingest.mapping import Mapping, MappingError, Target, format_errors, identifier_name
-from rapport.ingest.readers import ROW, Progress, detect_format, open_file, open_sql
+from rapport.ingest.readers import (
+    ROW,
+    Progress,
+    csv_rejects,
+    detect_format,
+    open_file,
+    open_sql,
+)
 from rapport.warehouse import layout
 
 if TYPE_CHECKING:
@@ -62,6 +70,12 @@ class ImportSpec(BaseModel):
     table: str | None = Field(None, description="SQL sources: the table (schema.table) ...")
     query: str | None = Field(None, description="... or a SELECT query")
     watermark: str | None = Field(None, description="column that grows: re-runs read newer rows")
+    encoding: str | None = Field(
+        None,
+        description="CSV files: the encoding (e.g. gbk); default UTF-8, or GB18030/GBK "
+        "when the file is not UTF-8",
+        max_length=40,
+    )
     mapping: Mapping
 
     @field_validator("source")
@@ -126,7 +140,19 @@ def get_import(engine: Engine, name: str) -> dict[str, Any] | None:
 def list_imports(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(select(imports).order_by(imports.c.name)).mappings().all()
-    return [_jsonable(dict(r)) for r in rows]
+    return [_without_password(_jsonable(dict(r))) for r in rows]
+
+
+def _without_password(definition: dict[str, Any]) -> dict[str, Any]:
+    """A definition for display: a database URL's password hidden (it runs from the DB row)."""
+    from rapport.ingest.readers import _safe
+
+    if "://" not in str(definition.get("uri", "")):
+        return definition
+    mapping = definition.get("mapping")
+    if isinstance(mapping, dict) and "uri" in mapping:
+        mapping = {**mapping, "uri": _safe(mapping["uri"])}
+    return {**definition, "uri": _safe(definition["uri"]), "mapping": mapping}
 
 
 def spec_of(definition: dict[str, Any]) -> ImportSpec:
@@ -419,6 +445,7 @@ class _Pipeline:
     # -- orchestration -------------------------------------------------------------------
     def run(self, last_watermark: str | None = None, raw: ir.Table | None = None) -> _Result:
         spec, mapping = self.spec, self.mapping
+        opened = raw is None
         if raw is None:
             raw = self._open(last_watermark)
         self._check_columns(raw)
@@ -429,6 +456,10 @@ class _Pipeline:
             )
         result = _Result()
         result.rows_read = int(raw.count().to_pyarrow().as_py())
+        if opened and spec.kind == "csv":
+            malformed = self._malformed(raw.columns)  # after the count: the file was scanned
+            result.rows_read += malformed
+            result.rows_quarantined = malformed
         self.progress("read", result.rows_read, result.rows_read)
         if spec.watermark:
             result.watermark = _encode_watermark(raw[spec.watermark].max().to_pyarrow().as_py())
@@ -469,7 +500,43 @@ class _Pipeline:
             text_columns.append(self.mapping.item.id)
         if self.mapping.event and self.mapping.event.id:
             text_columns.append(self.mapping.event.id)
-        return open_file(self.con, spec.uri, spec.kind, text_columns)
+        return open_file(self.con, spec.uri, spec.kind, text_columns, spec.encoding)
+
+    def _malformed(self, columns: Sequence[str]) -> int:
+        """CSV lines that do not split into the header's columns (DuckDB kept them aside):
+        quarantined with the reason and their fields by column name (``__line``: the line as
+        it was), so an operator can fix and replay them; never silently dropped."""
+        rejects = csv_rejects(self.con)
+        if not rejects or not self.quarantine:
+            return len(rejects)
+        header = [c for c in columns if c != ROW]
+        entries = []
+        for reject in rejects:
+            fields = next(csv.reader([reject["text"]]), [])
+            payload: dict[str, Any] = {
+                column: fields[i] if i < len(fields) else None for i, column in enumerate(header)
+            }
+            if len(fields) > len(header):
+                payload["__extra"] = fields[len(header) :]
+            payload["__line"] = reject["text"]
+            reason = "malformed_row"
+            message = f"{reject['error'].lower()}: {reject['message']}"
+            entries.append(
+                {
+                    "source": self.spec.source,
+                    "kind": "row",
+                    "reason": reason,
+                    "detail": f"row {reject['line'] - 1}, line {reject['line']}: {message}",
+                    "payload": orjson.dumps(payload).decode(),
+                    "violations": [{"type": reason, "path": "$", "message": message}],
+                    "event": self.mapping.event.name if self.mapping.event else None,
+                    "import_run_id": self.run_id,
+                }
+            )
+        from rapport.ingest.quarantine import put_many
+
+        put_many(self.ws.db, _not_yet_quarantined(self.ws.db, self.spec.source, entries))
+        return len(rejects)
 
     def _check_columns(self, raw: ir.Table) -> None:
         available = [c for c in raw.columns if c != ROW]
@@ -687,7 +754,7 @@ class _Pipeline:
     def _problems(self, raw: ir.Table, bad: ir.Table, result: _Result) -> dict[int, dict[str, str]]:
         cols = [ROW, "__problem"] + [c.message_column for c in self.checks if c.message_column]
         refused = bad.select(*dict.fromkeys(cols)).order_by(ROW).to_pyarrow().to_pylist()
-        result.rows_quarantined = len(refused)
+        result.rows_quarantined += len(refused)
         if not refused:
             return {}
         payloads: dict[int, str] = {}
@@ -771,7 +838,7 @@ class _Pipeline:
         for id_type in ("anonymous_id", "device_id"):
             if id_type in ids:
                 anonymous = anonymous.coalesce(new[f"__id{ids[id_type]}"])
-        columns = self.ws.warehouse.event_prop_columns(con)
+        columns = self.ws.warehouse.add_prop_columns(con)  # a writer: may add columns
         typed = {
             columns[name]: new[f"__typed{j}"]
             for j, name in enumerate(self.mapping.properties.values())

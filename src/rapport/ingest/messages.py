@@ -50,6 +50,10 @@ def decode_body(body: bytes) -> Any:
     """Parse JSON; a syntax error names its line, column and byte position."""
     try:
         return _decoder.decode(body)
+    except RecursionError:  # msgspec's own depth limit: [[[[...]]]] 10,000 deep
+        raise BodyError(
+            "invalid_json", "the JSON is nested too deeply (more than ~1,000 levels)"
+        ) from None
     except msgspec.DecodeError as exc:
         text = str(exc)
         found = _BYTE.search(text)

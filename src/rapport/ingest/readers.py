@@ -9,6 +9,8 @@ which quarantine entries cite.
 
 from __future__ import annotations
 
+import codecs
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -51,22 +53,139 @@ def detect_format(uri: str) -> str:
     )
 
 
-def open_file(con: Backend, path: str, fmt: str, text_columns: Iterable[str]) -> ir.Table:
+#: a CSV line longer than this (a 16 MB field is a mistake, not a customer's name) ends the
+#: import with an error naming the line; DuckDB's default (2 MB) refused real exports
+MAX_LINE = 16 << 20
+#: what a CSV that is not UTF-8 is tried as: GB18030 decodes GBK and GB2312 (Chinese Windows
+#: and warehouse exports) and never mistakes UTF-8 for itself, because UTF-8 is tried first
+FALLBACK_ENCODINGS = ("gb18030",)
+_CSV_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+
+
+def _short(message: str, limit: int = 600) -> str:
+    """DuckDB quotes the offending line: a 20 MB field must not become a 20 MB error."""
+    return message if len(message) <= limit else message[:limit] + " ..."
+
+
+def _is_utf8(path: str) -> tuple[bool, str]:
+    """Whether the file decodes as UTF-8, streamed; else where it first does not."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                return False, f"byte 0x{chunk[exc.start]:02x} at offset {offset + exc.start}"
+            offset += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False, f"a truncated character at the end (offset {offset})"
+    return True, ""
+
+
+def _transcode(path: str, encoding: str) -> str:
+    """A UTF-8 copy of ``path`` (DuckDB reads UTF-8 only); the caller deletes it."""
+    fd, name = tempfile.mkstemp(suffix=Path(path).suffix or ".csv")
+    line = 0
+    try:
+        with (
+            open(fd, "w", encoding="utf-8", newline="") as out,
+            open(path, encoding=encoding, newline="") as f,
+        ):
+            for line, text in enumerate(f, 1):  # noqa: B007 - the line for the error
+                out.write(text)
+    except UnicodeDecodeError as exc:
+        Path(name).unlink(missing_ok=True)
+        raise SourceError(
+            f"{path}: line {line + 1} is not valid {encoding} ({exc.reason}); "
+            'pass the file\'s encoding (--encoding / "encoding")'
+        ) from None
+    return name
+
+
+def csv_encoding(path: str, encoding: str | None) -> str:
+    """The file's encoding (a codec name): ``encoding`` when given, else UTF-8 if the file
+    decodes as UTF-8, else the first of ``FALLBACK_ENCODINGS`` that decodes it."""
+    if encoding:
+        try:
+            return codecs.lookup(encoding).name
+        except LookupError:
+            raise SourceError(f"{path}: unknown encoding {encoding!r}") from None
+    utf8, where = _is_utf8(path)
+    if utf8:
+        return "utf-8"
+    for candidate in FALLBACK_ENCODINGS:
+        try:
+            with open(path, encoding=candidate, newline="") as f:
+                while f.read(1 << 20):
+                    pass
+        except UnicodeDecodeError:
+            continue
+        return codecs.lookup(candidate).name
+    raise SourceError(
+        f"{path}: not UTF-8 ({where}) nor {', '.join(FALLBACK_ENCODINGS)}; "
+        'pass the file\'s encoding (--encoding / "encoding")'
+    )
+
+
+def _read_csv(con: Backend, path: str, text_columns: Iterable[str]) -> ir.Table:
+    """Malformed lines (too few or too many fields) are kept aside in DuckDB's
+    ``reject_errors`` (see ``csv_rejects``), not loaded and not silently dropped."""
+    options: dict[str, Any] = {"max_line_size": MAX_LINE, "store_rejects": True}
+    delimiter = _CSV_DELIMITERS.get(Path(path).suffix.lower())
+    if delimiter:  # a ragged row must not make the sniffer guess another delimiter
+        options.update(delim=delimiter, header=True)
+    header = con.read_csv(path, **options)
+    wanted = {c: "string" for c in text_columns if c in header.columns}
+    return con.read_csv(path, types=wanted or None, **options)
+
+
+def csv_rejects(con: Backend) -> list[dict[str, Any]]:
+    """The malformed lines of the last CSV read: line number, reason and the line itself."""
+    try:
+        rows = con.raw_sql(
+            "SELECT DISTINCT line, error_type, error_message, csv_line FROM reject_errors "
+            "ORDER BY line"
+        ).fetchall()
+    except Exception:  # noqa: BLE001 - no CSV read in this connection yet
+        return []
+    return [
+        {"line": int(line), "error": str(kind), "message": str(msg), "text": str(text)}
+        for line, kind, msg, text in rows
+    ]
+
+
+def open_file(
+    con: Backend,
+    path: str,
+    fmt: str,
+    text_columns: Iterable[str],
+    encoding: str | None = None,
+) -> ir.Table:
     """The file as a table; ``text_columns`` (identifiers) are read as text, never as numbers.
 
-    A CSV reader that guesses ``00123`` is the integer 123 would corrupt a member id.
+    A CSV reader that guesses ``00123`` is the integer 123 would corrupt a member id. A CSV
+    in another encoding (``encoding``, or GB18030/GBK detected when it is not UTF-8) is read
+    through a UTF-8 copy, loaded into a temporary table before the copy is deleted.
     """
     path = path.removeprefix("file://")
     if not Path(path).exists():
         raise SourceError(f"{path}: no such file")
+    copy = None
     try:
         if fmt == "parquet":
             table = con.read_parquet(path, file_row_number=True)
             return table.rename({ROW: "file_row_number"}).mutate(**{ROW: ibis._[ROW] + 1})
         if fmt == "csv":
-            header = con.read_csv(path)
-            wanted = {c: "string" for c in text_columns if c in header.columns}
-            table = con.read_csv(path, types=wanted or None)
+            found = csv_encoding(path, encoding)
+            if found in ("utf-8", "utf-8-sig", "ascii"):
+                table = _read_csv(con, path, text_columns)
+            else:
+                copy = _transcode(path, found)
+                table = _read_csv(con, copy, text_columns)
+                table = con.create_table("__import_csv", table, temp=True, overwrite=True)
         elif fmt == "jsonl":
             table = con.read_json(path, format="newline_delimited")
         else:
@@ -74,7 +193,10 @@ def open_file(con: Backend, path: str, fmt: str, text_columns: Iterable[str]) ->
     except SourceError:
         raise
     except Exception as exc:  # noqa: BLE001 - DuckDB's reader errors say what and where
-        raise SourceError(f"{path}: cannot read as {fmt}: {exc}") from None
+        raise SourceError(f"{path}: cannot read as {fmt}: {_short(str(exc))}") from None
+    finally:
+        if copy:
+            Path(copy).unlink(missing_ok=True)
     return table.mutate(**{ROW: ibis.row_number() + 1})
 
 

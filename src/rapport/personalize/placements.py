@@ -31,7 +31,10 @@ NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 
 
 def _content(value: dict[str, Any]) -> dict[str, Any]:
-    size = len(orjson.dumps(value))
+    try:
+        size = len(orjson.dumps(value))
+    except TypeError as exc:  # e.g. an integer past 64 bits: a 422, not a crash
+        raise ValueError(f"cannot be stored as JSON: {exc}") from None
     if size > MAX_CONTENT_BYTES:
         raise ValueError(f"is {size:,} bytes of JSON; at most {MAX_CONTENT_BYTES:,}")
     return value
