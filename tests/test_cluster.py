@@ -198,7 +198,7 @@ def test_three_collectors_and_three_workers_make_the_embedded_leads(cluster, emb
     procs = [_spawn(home, "serve", "--role", "collector", "--port", str(p)) for p in ports]
     clients: list[analytics.Client] = []
     try:
-        procs.append(_spawn(home, "warehouse", "follow"))
+        procs.append(_spawn(home, "worker", "identity"))
         procs += [
             _spawn(home, "worker", "rules", "--partitions", ",".join(map(str, parts)))
             for parts in WORKERS

@@ -45,8 +45,10 @@ def serve(
     port: int = typer.Option(None, help="Port (default from settings)."),
     role: str = typer.Option(
         "all",
-        help="all: collector, API, console, follower and dispatcher; collector: only /v1 and "
-        "/healthz, no children (run several on a shared NATS log); api: all but /v1.",
+        help="all: collector, API, console, follower and dispatcher; collector: only /v1, "
+        "/healthz and /metrics (run several on a shared NATS log); api: the API and console "
+        "only (stage 1, dispatchers and jobs run as `rapport worker ...`). Neither of the "
+        "last two starts children.",
     ),
     children_metrics: int = typer.Option(
         0,
@@ -71,12 +73,14 @@ def serve(
         dispatcher_in_process=False,
     )
     ws = Workspace(settings)
-    ws.init()
+    password = ws.init()
+    if password:  # the first start of a new workspace: the only time the password is shown
+        typer.echo(f"Admin user: admin   password: {password}   (shown once)")
     parent = ["--parent", str(os.getpid())]
     watch = ["--metrics-port", str(children_metrics)] if children_metrics else []
     watch_next = ["--metrics-port", str(children_metrics + 1)] if children_metrics else []
     children: list[subprocess.Popen[bytes]] = []
-    if role != "collector":  # a collector takes events in; the rest runs elsewhere
+    if role == "all":  # in a cluster, stage 1, dispatchers and jobs are workers of their own
         children = [
             subprocess.Popen(
                 [sys.executable, "-m", "rapport", "warehouse", "follow", *parent, *watch],
