@@ -353,9 +353,10 @@ def write(conn: Connection, outputs: list[Moves]) -> None:
     """The chunk's messages, log rows and last positions, in the caller's transaction: sends
     and webhooks batched per channel (``enqueue_many``: a key already queued is skipped), log
     rows and positions in one statement each."""
-    from rapport.leads.records import fire
+    from rapport.leads.records import Tally, fire, flush
     from rapport.leads.rules import load
 
+    tally: Tally = {}
     rows: list[dict[str, Any]] = []
     by_channel: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     by_tag: dict[tuple[str, str], list[tuple[int, Any, dict[str, Any]]]] = {}
@@ -373,9 +374,8 @@ def write(conn: Connection, outputs: list[Moves]) -> None:
                 by_channel.setdefault(detail["channel"], []).append((message, detail))
             elif step.action == "lead":
                 try:
-                    lead = fire(
-                        conn, load(conn, detail["rule"]), person, [], step.at, detail["key"]
-                    )
+                    rule = load(conn, detail["rule"])
+                    lead = fire(conn, rule, person, [], step.at, detail["key"], tally=tally)
                     detail["lead"] = lead.id if lead is not None else None
                 except LookupError as exc:
                     detail["error"] = str(exc)
@@ -393,6 +393,7 @@ def write(conn: Connection, outputs: list[Moves]) -> None:
         except DeliveryError as exc:
             for _, detail in queued:
                 detail["error"] = str(exc)
+    flush(conn, tally)
     for (tag, by), values in by_tag.items():
         _set_tags(conn, tag, by, values)
     if rows:

@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 from rapport.conditions.model import And, Condition, Not
 from rapport.conditions.reference import Match, match_key
 from rapport.db.tables import lead_rules
-from rapport.leads.records import fire
+from rapport.leads.records import Tally, fire, flush
 from rapport.leads.rules import LeadRule, live_rules
 from rapport.stream.engine import Reads, horizon_of, reads_of
 
@@ -212,7 +212,7 @@ def _with_id(rec: EventRec, event_id: str | None) -> EventRec:
 
 def fire_hits(ws: Workspace, hits: list[Hit]) -> int:
     """Fire ``hits`` in time order in one transaction; how many leads were created."""
-    created = 0
+    created, tally = 0, Tally()
     with ws.db.begin() as conn:
         for h in sorted(with_ids(ws, hits), key=Hit.order):
             lead = fire(
@@ -223,8 +223,10 @@ def fire_hits(ws: Workspace, hits: list[Hit]) -> int:
                 h.match.fired_at,
                 dedupe_key(h.rule, h.match),
                 person=h.state,
+                tally=tally,
             )
             created += lead is not None
+        flush(conn, tally)
     return created
 
 

@@ -8,6 +8,10 @@ counters and the delivery outbox row commit together or not at all:
    never duplicates a lead);
 2. a lead of the same type for the same person was created within the rule's cooldown before
    ``at``: nothing, and the rule's ``suppressed`` counter goes up;
+
+(The counters: a caller firing many leads in one transaction passes a ``Tally`` and
+``flush``-es it last, in rule order: rules workers on other partitions update the same rule
+rows, and per-lead updates in each worker's own order deadlocked them on PostgreSQL.)
 3. otherwise the lead is inserted and routed: to a channel (an outbox message, sent by
    ``rapport.delivery``) or to a team (the inbox; an agent now if the team is working).
 
@@ -135,6 +139,33 @@ def payload(lead: LeadOut, rule_name: str | None = None) -> dict[str, Any]:
 
 
 # -- creating -----------------------------------------------------------------------------------
+#: counter increments held until the end of a transaction: ``(rule id, column) -> n``
+Tally = dict[tuple[int, str], int]
+
+
+def _count(conn: Connection, rule_id: int, column: str, tally: Tally | None) -> None:
+    if tally is None:
+        conn.execute(_increment(rule_id, column, 1))
+    else:
+        tally[(rule_id, column)] = tally.get((rule_id, column), 0) + 1
+
+
+def _increment(rule_id: int, column: str, n: int) -> Any:
+    return (
+        update(lead_rules)
+        .where(lead_rules.c.id == rule_id)
+        .values({column: lead_rules.c[column] + n})
+    )
+
+
+def flush(conn: Connection, tally: Tally) -> None:
+    """Apply ``tally``'s counts, in rule order: call it last before the commit, so the rule rows
+    are locked briefly and in the same order by every process."""
+    for (rule_id, column), n in sorted(tally.items()):
+        conn.execute(_increment(rule_id, column, n))
+    tally.clear()
+
+
 def fire(
     conn: Connection,
     rule: LeadRule,
@@ -145,6 +176,7 @@ def fire(
     *,
     person: PersonState | None = None,
     due_by: datetime | None = None,
+    tally: Tally | None = None,
 ) -> LeadOut | None:
     """Create the lead of ``rule`` for ``person_key`` (see the module docstring); None when
     the dedupe key exists or the cooldown suppresses it. ``person`` (the stream engine's
@@ -165,11 +197,7 @@ def fire(
         .limit(1)
     ).first()
     if recent is not None:
-        conn.execute(
-            update(lead_rules)
-            .where(lead_rules.c.id == rule.id)
-            .values(suppressed=lead_rules.c.suppressed + 1)
-        )
+        _count(conn, rule.id, "suppressed", tally)
         return None
     decision = decide(conn, rule.route, rule.lead_type, at, person)
     values: dict[str, Any] = {
@@ -221,9 +249,7 @@ def fire(
             for actor, action, before, after, note in steps
         ],
     )
-    conn.execute(
-        update(lead_rules).where(lead_rules.c.id == rule.id).values(fired=lead_rules.c.fired + 1)
-    )
+    _count(conn, rule.id, "fired", tally)
     lead = LeadOut(id=lead_id, **values)
     if decision.channel:
         from rapport.delivery.outbox import enqueue
