@@ -134,9 +134,9 @@ class Settings:
     spark_driver_memory: str = "2g"
     #: Collector rate limit per write key: events per second (a token bucket; 0 = no limit).
     #: Over it, /v1 answers 429 with Retry-After and the client sends the batch again.
-    collector_rate_limit: float = 5000.0
+    collector_rate_limit: float = 50_000.0  # above one process's capacity: a guard, not a cap
     #: How many events a write key may send at once above the rate (the bucket's size).
-    collector_rate_burst: int = 10_000
+    collector_rate_burst: int = 100_000
     #: Where the event log lives: "sqlite" (a file in home: one collector process) or "nats"
     #: (a JetStream stream: collectors in several processes or machines append to it).
     log_backend: str = "sqlite"
