@@ -35,7 +35,7 @@ lint: $(VENV)/.synced
 
 test: install browser lint
 	$(VENV)/bin/pytest
-	$(VENV)/bin/pytest -m spark tests/test_conditions_spark.py  # the compilers on PySpark (~3 min)
+	$(VENV)/bin/pytest -m spark tests/test_conditions_spark.py tests/test_warehouse_spark.py  # PySpark (~6 min)
 
 ## Fault, fuzz and soak tests (issue 7): minutes each; .ci/run runs them when time allows.
 test-long: install browser

@@ -12,7 +12,8 @@ def test_embedded_is_the_default(tmp_path):
     s = load_settings(home=tmp_path)
     assert s.profile == "embedded"
     assert s.metadata_url.startswith("sqlite:///")
-    assert (s.log_backend, s.stream_backend, s.warehouse_backend) == ("sqlite", "embedded", "duckdb")
+    stores = (s.log_backend, s.stream_backend, s.warehouse_backend)
+    assert stores == ("sqlite", "embedded", "duckdb")
 
 
 def test_cluster_sets_its_stores_under_what_is_set_explicitly(tmp_path, monkeypatch):

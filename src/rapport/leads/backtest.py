@@ -81,8 +81,10 @@ def histories(
         floor -= lookback
         if compiled.retention.since is not None:
             floor = min(floor, compiled.retention.since)
-    with ws.warehouse.connect() as con:
-        ev = con.table("events")
+    from rapport.warehouse.spark import reading  # the events on DuckDB, or on Spark
+
+    with ws.warehouse.connect() as con, reading(ws, con) as reads:
+        ev = reads.table("events")
         touched = ev.filter(
             ev.person_key >= 0,
             ev.ts >= start - stream.horizon,
@@ -98,10 +100,17 @@ def histories(
             q = q.filter(q.ts >= floor)
         if names is not None:
             q = q.filter(q.event.isin(sorted(names)))
-        q = q.join(people, "person_key")
+        if reads is con:
+            q = q.join(people, "person_key")
+        else:  # the persons stay in Spark (no list shipped to it)
+            q = q.semi_join(touched.select("person_key").distinct(), "person_key")
         items = stream.reads.items
-        t = event_columns(con, q, items, extra=("event_id",))
+        t = event_columns(reads, q, items, extra=("event_id",))
         rows = t.order_by(["person_key", "ts", "event_id"]).to_pyarrow()
+        if rows.schema.field("ts").type != pa.timestamp("us", "UTC"):  # Spark's: naive UTC
+            rows = rows.set_column(
+                rows.schema.get_field_index("ts"), "ts", rows["ts"].cast(pa.timestamp("us", "UTC"))
+            )
         states = {k: PersonState(k) for k in keys}
         for p, rec in event_records(rows, items):
             states[p].events.append(rec)

@@ -404,7 +404,9 @@ def evaluate_detail(cond: Condition, ws: Workspace, as_of: datetime) -> Evaluati
     bs = store(ws)
     if bitmap_only(cond, bs):
         return Evaluation(_algebra(cond, bs), True)
-    with ws.warehouse.connect() as con:
+    from rapport.warehouse.spark import reader  # DuckDB, or Spark (warehouse_backend)
+
+    with reader(ws).connect() as con:
         ctx = _Mixed(ws, con, as_of, bs)
         return Evaluation(ctx.eval(cond), False)
 
@@ -489,9 +491,12 @@ class _Mixed:
         return "profiles" in self.con.list_tables()
 
     def _no_profiles(self) -> str:
+        from rapport.warehouse.spark import temp_table
+
         name = "_no_profiles"
         if name not in self.con.list_tables():
-            self.con.create_table(name, schema=ibis.schema({"person_key": "int64"}), temp=True)
+            nobody = ibis.memtable(pa.table({"person_key": pa.array([], pa.int64())}))
+            temp_table(self.con, name, nobody)
         return name
 
 

@@ -13,6 +13,8 @@ one (``rollup_tags``). Evaluation is at an explicit ``as_of`` (default: now, UTC
   changed since the tag's last run, plus persons with rows on the days that entered or left
   the window since then; everyone else keeps their value.
 - rule: the condition compiled by ``rapport.conditions.to_ibis`` (full recompute).
+- manual: the values people and journeys set in the metadata DB (``rapport.tags.manual``),
+  copied as they are (full replace: an unset value disappears).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import ibis
 import ibis.expr.types as ir
+import pyarrow as pa
 
+from rapport.conditions.to_ibis import as_json
 from rapport.identity.survivorship import iso_date
 from rapport.tags import rollup_tags, rollups, store
 from rapport.tags.definitions import (
@@ -37,7 +41,7 @@ from rapport.tags.definitions import (
     list_tags,
     parse,
 )
-from rapport.warehouse import layout
+from rapport.warehouse import layout, spark
 
 if TYPE_CHECKING:
     from ibis.backends.duckdb import Backend
@@ -45,6 +49,7 @@ if TYPE_CHECKING:
     from rapport.workspace import Workspace
 
 _SCOPE = "__tag_compute_scope"
+_SPARK_VALUES = "__tag_spark_values"
 
 
 def _as_of(as_of: datetime | None) -> datetime:
@@ -110,7 +115,11 @@ def attribute_values(con: Backend, d: AttributeDef, as_of: datetime) -> ir.Table
     previous one, so the SQL does not repeat the date parsing in every band's condition."""
     profiles = con.table("profiles")
     column = profile_column(con, d.field)
-    t = profiles.select("person_key", v=profiles[column].cast("string").strip().nullif(""))
+    text = profiles[column].cast("string")
+    # Ibis compiles strip() for Spark as TRIM(' \t\n\r\v\f' FROM x), and Spark reads '\v' as
+    # 'v': "f" and "v" would be trimmed off the ends; a regex there instead
+    text = text.re_replace(r"^\s+|\s+$", "") if con.name == "pyspark" else text.strip()
+    t = profiles.select("person_key", v=text.nullif(""))
     if d.transform in ("age", "age_band"):
         t = t.select("person_key", v=iso_date(t.v).cast("date"))
         t = t.select("person_key", v=age_on(t.v, as_of.date()))
@@ -146,9 +155,10 @@ def _prop_value(events: ir.Table, prop: str, numeric: bool) -> ir.Value:
         if not numeric:
             return column.cast("string")
         return column.cast("float64") if column.type().is_numeric() else column.try_cast("float64")
+    raw = as_json(events.properties)[prop]  # (Spark keeps JSON as text)
     if numeric:
-        return events.properties[prop].float
-    return events.properties[prop].str
+        return raw.float
+    return raw.str
 
 
 def _finish_stat(grouped: ir.Table, measure: ir.Value, d: StatisticalDef) -> ir.Table:
@@ -272,7 +282,10 @@ def _compute(
         tags.append(tag)
     together = [t for t in tags if _reads_rollups(t)]
     if together and refresh_rollups:
-        rollups.refresh(ws)
+        if spark.on_spark(ws):  # Spark's rollups are its own, rebuilt from its events
+            spark.build_rollups(ws)
+        else:
+            rollups.refresh(ws)
     done: dict[str, Outcome] = {}
     if together:
         if progress is not None:
@@ -313,8 +326,11 @@ def _compute_rollup_tags(
     runs = {name: store.start_run(ws.db, name) for name in defs}
     out: dict[str, Outcome] = {}
     try:
-        with ws.warehouse.connect() as con:
-            columns = con.table(rollups.TABLE).columns
+        # on Spark the values are computed there (always in full) and written here
+        with ws.warehouse.connect() as con, spark.reading(ws, con) as reads:
+            on_spark = reads is not con
+            full = full or on_spark
+            columns = reads.table(rollups.TABLE).columns
             for name, d in list(defs.items()):
                 try:
                     rollup_tags.check(columns, d)
@@ -340,7 +356,9 @@ def _compute_rollup_tags(
                 recomputed = {r["tag"]: int(r["n"]) for r in counts.to_pylist()}
                 if len(scopes) == len(defs):  # nobody else's rollups need reading
                     persons = scope.select("person_key").distinct()
-            values = rollup_tags.values(con, defs, at, persons)
+            values = rollup_tags.values(reads, defs, at, persons)
+            if on_spark:
+                values = spark.to_duckdb(con, _SPARK_VALUES, values)
             written = store.replace_many(
                 ws,
                 con,
@@ -350,14 +368,17 @@ def _compute_rollup_tags(
                 scoped=set(scopes),
                 prepared=True,
             )
-            rollup_tags.drop(con, defs)
+            rollup_tags.drop(reads, defs)
             con.drop_table(_SCOPE, force=True)
+            if on_spark:
+                con.drop_table(_SPARK_VALUES, force=True)
         mark = {
             "as_of": at.isoformat(),
             "as_of_day": at.date().isoformat(),
             "rollup_refresh": refreshes[0],
             "seconds": round(time.perf_counter() - started, 3),
             "together": len(defs),
+            "engine": spark.backend_of(ws.settings),
         }
         for name in defs:
             w = written[name]
@@ -406,13 +427,21 @@ def _compute_one(ws: Workspace, tag: dict[str, Any], at: datetime) -> dict[str, 
         detail: dict[str, Any] = {"as_of": at.isoformat(), "incremental": False}
         # one connection; the values go from the compiled expression into ``tag_values``
         # without leaving DuckDB
-        with ws.warehouse.connect() as con:
-            if isinstance(d, AttributeDef):
-                values = attribute_values(con, d, at)
+        with ws.warehouse.connect() as con, spark.reading(ws, con) as reads:
+            values: Any
+            if tag["kind"] == "manual":  # the metadata DB's values, copied as they are
+                from rapport.tags import manual
+
+                values = manual.as_arrow(ws.db, name)
+            elif isinstance(d, AttributeDef):
+                values = attribute_values(reads, d, at)
             elif isinstance(d, RuleDef):
-                values = rule_values(ws, con, d, at)
+                values = rule_values(ws, reads, d, at)
             else:
-                values = event_values(con, d, at)
+                values = event_values(reads, d, at)
+            if reads is not con and not isinstance(values, pa.Table):
+                values = values.to_pyarrow()  # Spark's result, written here
+            detail["engine"] = spark.backend_of(ws.settings)
             out = store.replace_values(ws, con, name, run_id, values)
         detail["seconds"] = round(time.perf_counter() - started, 3)
         store.finish_run(
@@ -449,7 +478,7 @@ def compute_all(
     ws: Workspace,
     as_of: datetime | None = None,
     *,
-    kinds: tuple[str, ...] = ("attribute", "statistical", "rule", "mined"),
+    kinds: tuple[str, ...] = ("attribute", "statistical", "rule", "mined", "manual"),
     full: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ import ibis.expr.types as ir
 
 from rapport.tags import rollups
 from rapport.tags.definitions import StatisticalDef, TagError
+from rapport.warehouse.spark import drop_temp, temp_table
 
 if TYPE_CHECKING:
     from ibis.backends.duckdb import Backend
@@ -44,7 +45,7 @@ def values(
     Per event, one ``GROUP BY person_key`` over that event's rows in the widest window sums
     each (column, window) the tags need (``CASE`` inside the sum: DuckDB runs it about twice
     as fast as ``FILTER``); it is materialised (a temp table per event, one row per person,
-    dropped by ``drop``), so each tag's rows are a cheap select of it."""
+    dropped by ``drop``; on Spark a cached view), so each tag's rows are a cheap select of it."""
     from rapport.tags.compute import banded, number_text, value_rows  # (imports this module)
 
     daily = con.table(rollups.TABLE)
@@ -74,9 +75,7 @@ def values(
                     x = ibis.ifelse(rows.day > day - timedelta(days=d.window_days), x, None)
                 sums[measure(column, d.window_days)] = x.sum()
         table = f"{_MEASURES}{i}"
-        wide = con.create_table(
-            table, rows.group_by("person_key").aggregate(**sums), temp=True, overwrite=True
-        )
+        wide = temp_table(con, table, rows.group_by("person_key").aggregate(**sums))
         for name, d in tags.items():
             n = wide[measure("n", d.window_days)]  # NULL: no rows in the window
             m: ir.NumericValue = n
@@ -95,4 +94,4 @@ def values(
 def drop(con: Backend, defs: dict[str, StatisticalDef]) -> None:
     """Drop the temp tables ``values`` made for ``defs``."""
     for i in range(len({d.event for d in defs.values()})):
-        con.drop_table(f"{_MEASURES}{i}", force=True)
+        drop_temp(con, f"{_MEASURES}{i}")

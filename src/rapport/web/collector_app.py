@@ -1,6 +1,7 @@
 """The app of ``rapport serve --role collector``: the Segment collector (``/v1``),
-``/healthz`` and ``/metrics``, nothing else, so that several of them (ports, machines) can take events beside
-one API process, all appending to the shared event log (``log_backend = "nats"``)."""
+``/healthz`` and ``/metrics``, nothing else, so that several of them (ports, machines) can
+take events beside one API process, all appending to the shared event log
+(``log_backend = "nats"``)."""
 
 from __future__ import annotations
 
