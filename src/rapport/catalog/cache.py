@@ -11,6 +11,7 @@ import time
 import weakref
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from rapport.catalog.store import Stamp, load_plan, read_stamp
 from rapport.catalog.validate import CompiledPlan
@@ -41,14 +42,22 @@ def current_plan(engine: Engine) -> CompiledPlan:
         entry = _cache.get(engine)
         if entry is not None and now - entry.checked_at < RECHECK_S:
             return entry.plan
-        with engine.connect() as conn:
-            stamp: Stamp = read_stamp(conn)
-            if entry is not None and entry.plan.stamp == stamp:
-                entry.checked_at = now
-                return entry.plan
-            # Stamp and plan come from one connection; a write in between only means the
-            # next check (in a second) compiles again.
-            plan = CompiledPlan(load_plan(conn), stamp)
+        try:
+            with engine.connect() as conn:
+                stamp: Stamp = read_stamp(conn)
+                if entry is not None and entry.plan.stamp == stamp:
+                    entry.checked_at = now
+                    return entry.plan
+                # Stamp and plan come from one connection; a write in between only means the
+                # next check (in a second) compiles again.
+                plan = CompiledPlan(load_plan(conn), stamp)
+        except OperationalError:
+            if entry is None:
+                raise
+            # the metadata DB is down (a PostgreSQL restart): the collector keeps checking
+            # events against the plan it has, and looks again in a second
+            entry.checked_at = now
+            return entry.plan
         _cache[engine] = _Entry(plan, now)
         return plan
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert, or_, select, update
+from sqlalchemy.exc import OperationalError
 
 from rapport.accounts import now
 from rapport.db.tables import sources
@@ -173,10 +174,15 @@ def source_by_key(engine: Engine, key: str) -> Source | None:
     clock = time.monotonic()
     if hit is not None and hit[1] > clock:
         return hit[0]
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(sources).where(or_(sources.c.write_key == key, sources.c.secret_key == key))
-        ).first()
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(sources).where(or_(sources.c.write_key == key, sources.c.secret_key == key))
+            ).first()
+    except OperationalError:
+        if hit is None:
+            raise
+        return hit[0]  # the metadata DB is down (a restart): the last answer stands
     found = _load(row) if row else None
     if len(_cache) > 10_000:  # unknown keys must not grow memory without bound
         _cache.clear()

@@ -5,7 +5,7 @@ or, with ``log_backend = "nats"``, a NATS JetStream stream shared by collector p
 (``jetstream``); both behind ``base.EventLog``.
 """
 
-from rapport.log.base import EventLog, LogOverloaded
+from rapport.log.base import EventLog, LogOverloaded, LogWriteFailed
 from rapport.log.records import FLAG_BAD_TIMESTAMP, FLAG_CLOCK_SKEW, FLAG_REPLAYED, LogRecord
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "FLAG_REPLAYED",
     "EventLog",
     "LogOverloaded",
+    "LogWriteFailed",
     "LogRecord",
 ]

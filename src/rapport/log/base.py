@@ -16,6 +16,15 @@ class LogOverloaded(Exception):
     """The writer has more waiting than it can commit soon: callers answer 503, never lose."""
 
 
+class LogWriteFailed(RuntimeError):
+    """The log could not commit a batch (nothing of it is acknowledged): ``disk_full`` when
+    the disk holding the log has no space left (the collector answers 507, otherwise 503)."""
+
+    def __init__(self, message: str, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
 class EventLog(ABC):
     """An append-only, ordered, deduplicated (per source and messageId) log of events.
 

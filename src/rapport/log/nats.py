@@ -48,11 +48,19 @@ def durable(stream: str, partition: int) -> str:
     return f"{stream}_rules_p{partition}"
 
 
-async def connect(url: str) -> tuple[Client, JetStreamContext]:
+async def connect(url: str, reconnect_forever: bool = False) -> tuple[Client, JetStreamContext]:
+    """A client; the first connection fails fast (a few tries) when NATS is not there.
+
+    ``reconnect_forever``, for long-running consumers (``rapport worker``): once connected,
+    a lost connection is retried every 2 s for as long as it takes (a NATS restart), instead
+    of giving up after three tries (~6 s) and ending the process.
+    """
     try:
         nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=3)
     except Exception as exc:  # noqa: BLE001 - the client raises several kinds
         raise ConnectionError(f"NATS at {url} is not reachable: {exc}") from exc
+    if reconnect_forever:  # read by the client at each reconnection; -1: no limit
+        nc.options["max_reconnect_attempts"] = -1
     return nc, nc.jetstream()
 
 

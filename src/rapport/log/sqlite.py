@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 import msgspec
 from msgspec.structs import astuple
 
-from rapport.log.base import EventLog, LogOverloaded
+from rapport.log.base import EventLog, LogOverloaded, LogWriteFailed
 from rapport.log.records import LogRecord
 
 if TYPE_CHECKING:
@@ -168,10 +168,14 @@ class _ThreadWriter:
     """Inserts from the writer thread itself (embedded use, tests, the CLI)."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.conn = _connect(path)
 
     def insert(self, records: list[LogRecord]) -> list[int | None]:
-        return _insert(self.conn, records)
+        try:
+            return _insert(self.conn, records)
+        except sqlite3.Error as exc:
+            raise _failed(repr(exc), self.path) from exc
 
     def close(self) -> None:
         self.conn.close()
@@ -195,6 +199,7 @@ class _ProcessWriter:
     """
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _CHILD, str(path)],
             stdin=subprocess.PIPE,
@@ -208,9 +213,9 @@ class _ProcessWriter:
             _send(self.to_child, _encode(records))
             ok, value = _decode_result(_receive(self.from_child))
         except (EOFError, OSError) as exc:
-            raise RuntimeError("the event log's writer process has stopped") from exc
+            raise LogWriteFailed("the event log's writer process has stopped") from exc
         if not ok:
-            raise RuntimeError(f"the event log's writer process failed: {value}")
+            raise _failed(value, self.path)
         return list(value)
 
     def close(self) -> None:
@@ -218,6 +223,14 @@ class _ProcessWriter:
             self.to_child.close()  # the child reads EOF and exits
         self.proc.wait(30)
         self.from_child.close()
+
+
+def _failed(error: str, path: Path) -> LogWriteFailed:
+    """A failed commit as the collector reports it; SQLITE_FULL reads "database or disk is
+    full" (a rolled-back transaction: the file stays intact and works once there is space)."""
+    if "disk is full" in error:
+        return LogWriteFailed(f"the disk of the event log {path} is full", disk_full=True)
+    return LogWriteFailed(f"the event log {path} could not commit: {error}")
 
 
 def _send(stream: IO[bytes], frame: bytes) -> None:

@@ -384,7 +384,7 @@ async def run(
                 "setting stream_partitions)"
             )
     stop = stop or asyncio.Event()
-    nc, js = await natslog.connect(s.nats_url)
+    nc, js = await natslog.connect(s.nats_url, reconnect_forever=True)  # rides out restarts
     try:
         await natslog.ensure_stream(js, s)
         parts: list[tuple[Partition, Any]] = []
