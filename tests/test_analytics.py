@@ -136,6 +136,10 @@ def write_world(ws: Workspace) -> None:
     )
     with ws.warehouse.connect() as con:
         con.insert("events", _typed(events, layout.EVENTS))
+        # as the loader does: a typed column a running follower already added holds its
+        # property for these rows too (readers trust the column)
+        for name, kind in ws.warehouse.event_prop_types(con).items():
+            ws.warehouse.backfill_prop(con, name, kind)
         con.insert("tag_values", _typed(tags, layout.TAG_VALUES))
         con.create_table("profiles", profiles)
     from rapport.db.tables import tags as tag_table

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,17 @@ SHOP = "https://shop.example.com/spring?utm=sms"
 @pytest.fixture
 def settings(tmp_path: Path, migrated_home: Path) -> Settings:
     return copy_home(migrated_home, tmp_path, public_url="https://crm.example.com/")
+
+
+@pytest.fixture
+def client(workspace: Workspace) -> Iterator[Any]:
+    """Over https, as ``public_url`` says: the session cookie is ``Secure`` then."""
+    from fastapi.testclient import TestClient
+
+    from rapport.web.app import create_app
+
+    with TestClient(create_app(workspace=workspace), base_url="https://testserver") as c:
+        yield c
 
 
 @pytest.fixture

@@ -167,11 +167,16 @@ class Warehouse:
             column = layout.prop_column(name)
             if column not in columns:  # the column and its backfill: both or neither
                 type_sql = DuckDBType.to_string(layout.PLAN_TYPES[kind])
-                with self.transaction(con):
-                    con.raw_sql(
-                        f'ALTER TABLE events ADD COLUMN IF NOT EXISTS "{column}" {type_sql}'
-                    )
-                    self.backfill_prop(con, name, kind)
+                try:
+                    with self.transaction(con):
+                        con.raw_sql(
+                            f'ALTER TABLE events ADD COLUMN IF NOT EXISTS "{column}" {type_sql}'
+                        )
+                        self.backfill_prop(con, name, kind)
+                except duckdb.TransactionException:
+                    # another writer (an importer beside the follower) added it first
+                    if column not in con.table("events").columns:
+                        raise
         return self.event_prop_columns(con)
 
     def event_prop_columns(self, con: Backend) -> dict[str, str]:
