@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conditions_world import ATTR_TYPES, World
+from conftest import small_spark
 from rapport.conditions import to_ibis
 from rapport.conditions.model import Condition
 from test_conditions_agree import agree, as_ofs, batch_sets, conditions, worlds
@@ -34,26 +35,7 @@ if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One small local session: one core, one shuffle partition, no UI, UTC, no code generation
     (for tables of a few rows, compiling Java costs more than it saves)."""
-    from pyspark.sql import SparkSession
-
-    warehouse = tmp_path_factory.mktemp("spark-warehouse")
-    session = (
-        SparkSession.builder.master("local[1]")
-        .appName("rapport-conditions")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "1")
-        .config("spark.default.parallelism", "1")
-        .config("spark.sql.adaptive.enabled", "false")
-        .config("spark.sql.codegen.wholeStage", "false")
-        .config("spark.sql.codegen.factoryMode", "NO_CODEGEN")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.warehouse.dir", str(warehouse))
-        .config("spark.driver.memory", "1g")
-        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={warehouse}")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
+    session = small_spark("rapport-conditions", tmp_path_factory.mktemp("spark-warehouse"))
     yield session
     session.stop()
 

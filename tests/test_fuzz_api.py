@@ -7,6 +7,7 @@ examples per operation) is part of the default suite; ``-m long`` runs many more
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import traceback
@@ -95,8 +96,12 @@ def test_api_quick(case: Any, api: Api) -> None:
     call(api, case)
 
 
+#: examples per operation of the thorough run (FUZZ_EXAMPLES=100: ~30 min on this machine)
+THOROUGH = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+
+
 @pytest.mark.long
 @thorough_schema.parametrize()
-@settings(max_examples=100, **COMMON)  # type: ignore[arg-type]
+@settings(max_examples=THOROUGH, **COMMON)  # type: ignore[arg-type]
 def test_api_thorough(case: Any, api: Api) -> None:
     call(api, case)

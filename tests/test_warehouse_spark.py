@@ -25,6 +25,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
+from conftest import small_spark
 from rapport.catalog import import_plan
 from rapport.catalog.cache import invalidate
 from rapport.settings import Settings, load_settings
@@ -194,28 +195,9 @@ def spark_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A small local session made before the product asks for one (it then reuses it): one
     core, one shuffle partition, no code generation (for a few thousand rows compiling Java
     costs more than it saves); the product's own settings are the bench's."""
-    from pyspark.sql import SparkSession
-
     from rapport.warehouse import spark
 
-    catalog = tmp_path_factory.mktemp("spark-catalog")
-    session = (
-        SparkSession.builder.master("local[1]")
-        .appName("rapport-warehouse")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "1")
-        .config("spark.default.parallelism", "1")
-        .config("spark.sql.adaptive.enabled", "false")
-        .config("spark.sql.codegen.wholeStage", "false")
-        .config("spark.sql.codegen.factoryMode", "NO_CODEGEN")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.warehouse.dir", str(catalog))
-        .config("spark.driver.memory", "1g")
-        .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={catalog}")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
+    session = small_spark("rapport-warehouse", tmp_path_factory.mktemp("spark-catalog"))
     yield session
     spark.forget()
 
