@@ -14,20 +14,22 @@ from rapport.web.metrics import RequestMetrics
 from rapport.workspace import Workspace
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Each module's start-up hooks in order, their shutdown hooks in reverse, then the stores
+    closed (``app.state.startup`` / ``shutdown``: async callables of the app)."""
+    for hook in app.state.startup:
+        await hook(app)
+    try:
+        yield
+    finally:
+        for hook in reversed(app.state.shutdown):
+            await hook(app)
+        app.state.ws.close()
+
+
 def create_app(settings: Settings | None = None, workspace: Workspace | None = None) -> FastAPI:
     ws = workspace or Workspace(settings)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for hook in app.state.startup:
-            await hook(app)
-        try:
-            yield
-        finally:
-            for hook in reversed(app.state.shutdown):
-                await hook(app)
-            ws.close()
-
     app = FastAPI(
         title="Rapport",
         version="0.1.0",

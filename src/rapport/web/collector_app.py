@@ -5,9 +5,6 @@ take events beside one API process, all appending to the shared event log
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -18,17 +15,7 @@ from rapport.workspace import Workspace
 def create_collector_app(ws: Workspace) -> FastAPI:
     from rapport.web import collector, health
     from rapport.web import metrics as web_metrics
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for hook in app.state.startup:
-            await hook(app)
-        try:
-            yield
-        finally:
-            for hook in reversed(app.state.shutdown):
-                await hook(app)
-            ws.close()
+    from rapport.web.app import lifespan
 
     app = FastAPI(title="Rapport collector", version="0.1.0", lifespan=lifespan)
     app.state.ws = ws
