@@ -186,7 +186,7 @@ class Engine(Core):
             if not self.rules and hi > self.offset:  # nothing to judge: only move along
                 ev = con.table("events")
                 rng = ev.filter(ev.log_offset > self.offset, ev.log_offset <= hi)
-                top = rng.ts.max().to_pyarrow().as_py()
+                top = clock(rng).max().to_pyarrow().as_py()
                 if top is not None:
                     self.watermark = max(self.watermark, top - self.lateness)
                 self.offset = hi
@@ -392,11 +392,11 @@ class Engine(Core):
         latest event time of the whole range."""
         ev = con.table("events")
         rng = ev.filter(ev.log_offset > lo, ev.log_offset <= hi)
-        top = rng.ts.max().to_pyarrow().as_py()
+        top = clock(rng).max().to_pyarrow().as_py()
         batch = _Batch()
         if self.names == []:
             return batch, top
-        q = rng.mutate(running=rng.ts.max().over(ibis.cumulative_window(order_by=rng.log_offset)))
+        q = rng.mutate(running=running(rng))
         q = q.filter(q.person_key >= 0)
         if self.names is not None:
             q = q.filter(q.event.isin(self.names))
@@ -430,6 +430,20 @@ def event_records(rows: pa.Table, items: bool) -> Iterator[tuple[int, EventRec]]
     for i, (p, ts, name, raw, eid) in enumerate(zip(*columns, strict=True)):
         item = item_col[i] if item_col is not None else None
         yield p, EventRec(ts, name, loads(raw) if raw else {}, loads(item) if item else None, eid)
+
+
+def clock(events: Any) -> Any:
+    """The time an event moves the watermark to: its own time, but never past its arrival
+    (``received_at``). A device clock hours ahead, yet within ``max_clock_skew_hours``, keeps
+    its event time for the rules, without making absence timers fire early for everyone;
+    imported history (received long after it happened) is unaffected."""
+    return ibis.least(events.ts, events.received_at)
+
+
+def running(events: Any) -> Any:
+    """Per event in log order: the latest ``clock`` of the log up to it (what the watermark
+    has seen)."""
+    return clock(events).max().over(ibis.cumulative_window(order_by=events.log_offset))
 
 
 def event_columns(con: Backend, q: Any, items: bool, extra: tuple[str, ...] = ()) -> Any:

@@ -320,11 +320,13 @@ def _history(
 def _kept(ws: Workspace, con: Backend, rules: Core, done: int, q: Any) -> Any | None:
     """A filter on ``q``'s events keeping what the rules can need at the workers' watermark,
     per event (``Retention.where``); None: all."""
+    from rapport.stream.engine import clock
+
     r = rules.retention
     if r.lookback is None or r.anchors:
         return None
     ev = con.table("events")
-    top = ev.filter(ev.log_offset <= done).ts.max().to_pyarrow().as_py()
+    top = clock(ev.filter(ev.log_offset <= done)).max().to_pyarrow().as_py()
     if top is None:
         return None if r.since is None else q.ts >= r.since
     return r.where(q.ts, q.event, top - timedelta(seconds=ws.settings.stream_lateness_seconds))
@@ -374,14 +376,12 @@ def _profiles(ws: Workspace, con: Backend, persons: set[int], reads: Reads) -> d
 def _chunk(ws: Workspace, con: Backend, rules: Core, done: int, upto: int) -> int:
     """Publish the events of offsets ``(done, upto]`` (new persons' profiles first), then
     checkpoint; how many."""
-    from rapport.stream.engine import event_columns
+    from rapport.stream.engine import event_columns, running
 
     wh = ws.warehouse
     ev = con.table("events")
     rng = ev.filter(ev.log_offset > done, ev.log_offset <= upto)
-    q = rng.mutate(
-        running=rng.ts.max().over(ibis.cumulative_window(order_by=rng.log_offset))
-    ).filter(lambda t: t.person_key >= 0)
+    q = rng.mutate(running=running(rng)).filter(lambda t: t.person_key >= 0)
     rows = (
         event_columns(con, q, True, extra=("running",))
         .order_by("log_offset")
