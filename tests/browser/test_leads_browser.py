@@ -55,6 +55,7 @@ def test_agent_claims_a_lead_and_reports_contact(server, page):  # noqa: F811
     page.fill("input[name=password]", "sales-password")
     page.click("button[type=submit]")
     expect(page).to_have_url(f"{server.url}/leads")
+    page.wait_for_load_state()
     # an agent's inbox opens on "my leads": the new one shows under "anyone"
     page.select_option("#lead-filters select[name=owner]", "")
     row = page.locator(f"#lead-{lead.id}")
@@ -169,6 +170,7 @@ def test_a_marketer_backtests_a_rule(server, page):  # noqa: F811
     page.fill("input[name=password]", "marketer-password")
     page.click("button[type=submit]")
     expect(page).to_have_url(f"{server.url}/leads/rules/fridge_viewers")
+    page.wait_for_load_state()  # HTMX attaches at load: a click before it submits a plain GET
     page.click("#backtest-run")  # empty dates: the last 7 days
     summary = "would have produced 2 leads, 50% of them never did order_paid within 7 days"
     expect(page.locator("#backtest-summary")).to_contain_text(summary, timeout=30_000)
