@@ -4,6 +4,7 @@ collector's per-write-key rate limit (429 + Retry-After; nothing of a refused re
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from conftest import copy_home
 from rapport import accounts
 from rapport.ingest.sources import create_source
 from rapport.web.ratelimit import TokenBuckets
+from rapport.web.security import CSP
 from rapport.workspace import Workspace
 
 
@@ -120,3 +122,72 @@ def test_docs_csp_allows_the_swagger_cdn_only_there(plain):
     assert docs.status_code == 200
     assert "cdn.jsdelivr.net" in docs.headers["content-security-policy"]
     assert "cdn.jsdelivr.net" not in plain.get("/login").headers["content-security-policy"]
+
+
+def directives(csp: str) -> dict[str, list[str]]:
+    parts = (d.split() for d in csp.split(";") if d.strip())
+    return {p[0]: p[1:] for p in parts}
+
+
+def test_console_csp_forbids_inline_script_and_eval(plain):
+    for answer in (plain.get("/login"), plain.get("/static/console.js")):
+        script = directives(answer.headers["content-security-policy"])["script-src"]
+        assert script == ["'self'"], answer.url
+    assert directives(CSP)["style-src"] == ["'self'", "'unsafe-inline'"]
+
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "src" / "rapport" / "web" / "templates"
+STATIC = TEMPLATES.parent / "static"
+#: what the console's CSP (or HTMX with allowEval off) would refuse to run
+FORBIDDEN_IN_TEMPLATES = {
+    "inline event handler": re.compile(r"<[^>]*\son[a-z]+\s*=", re.I),
+    "hx-on attribute": re.compile(r"\bhx-on", re.I),
+    "javascript: URL": re.compile(r"javascript:", re.I),
+    "js: value (HTMX eval)": re.compile(r"hx-(?:vals|headers)\s*=\s*[\"']\s*js:", re.I),
+    "hx-vars (HTMX eval)": re.compile(r"\bhx-vars\b", re.I),
+    "hx-trigger filter (HTMX eval)": re.compile(r"hx-trigger\s*=\s*[\"'][^\"']*\[", re.I),
+    "inline executable <script>": re.compile(
+        r"<script(?![^>]*\bsrc=)(?![^>]*type=[\"']application/json[\"'])[^>]*>", re.I
+    ),
+    # deferred scripts run in document order once the page is parsed: HTMX, then console.js,
+    # then the page's own; a script without defer would run before HTMX, or mid-page
+    "<script src> without defer": re.compile(
+        r"<script(?=[^>]*\bsrc=)(?![^>]*\bdefer\b)[^>]*>", re.I
+    ),
+}
+
+
+def test_no_template_carries_inline_script_or_eval():
+    found = []
+    for path in sorted(TEMPLATES.rglob("*.html")):
+        text = path.read_text()
+        for what, pattern in FORBIDDEN_IN_TEMPLATES.items():
+            for m in pattern.finditer(text):
+                line = text.count("\n", 0, m.start()) + 1
+                found.append(f"{path.relative_to(TEMPLATES)}:{line}: {what}: {m.group(0)[:80]}")
+    assert not found, "\n".join(found)
+    # the checks do catch what they are for
+    for sample in (
+        '<tr class="x" onclick="go()">',
+        '<button hx-on::click="x">',
+        "<script>alert(1)</script>",
+        '<td hx-vals="js:{a: b()}">',
+        '<script src="/static/a.js"></script>',
+    ):
+        assert any(p.search(sample) for p in FORBIDDEN_IN_TEMPLATES.values()), sample
+    assert not any(
+        p.search('<script type="application/json" id="d">{}</script><script src="/a.js" defer>')
+        for p in FORBIDDEN_IN_TEMPLATES.values()
+    )
+    base = (TEMPLATES / "base.html").read_text()
+    assert """<meta name="htmx-config" content='{"allowEval": false""" in base
+
+
+def test_console_scripts_do_not_eval():
+    pattern = re.compile(r"\beval\s*\(|new\s+Function\b|set(?:Timeout|Interval)\s*\(\s*[\"'`]")
+    found = [
+        f"{path.name}: {m.group(0)}"
+        for path in sorted(STATIC.glob("*.js"))
+        for m in pattern.finditer(path.read_text())
+    ]
+    assert not found, found

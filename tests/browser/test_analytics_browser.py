@@ -31,6 +31,7 @@ def test_build_a_funnel_and_download_it(server, page):  # noqa: F811
     page.fill("input[name=password]", server.admin_password)
     page.click("button[type=submit]")
     expect(page).to_have_url(f"{server.url}/analytics/funnel")
+    page.wait_for_load_state()  # analytics.js (deferred) handles "Add step" from then on
 
     page.click("#add-step")
     steps = page.locator(".step-row")

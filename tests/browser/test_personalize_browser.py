@@ -31,6 +31,8 @@ def test_placement_editor_and_preview(server, page):  # noqa: F811
     page.click("button[type=submit]")
     expect(page.locator("#placements")).to_contain_text("No placement yet")
     page.click("a:has-text('New placement')")
+    expect(page).to_have_url(f"{server.url}/placements/new")
+    page.wait_for_load_state()  # placements.js (deferred) handles "Add variant" from then on
 
     page.fill("input[name=name]", "home_banner")
     page.fill("input[name=description]", "the home page's hero")

@@ -1,11 +1,16 @@
 """Security headers on every answer, and the API documentation behind a sign-in.
 
 The headers come from a plain ASGI middleware (no per-request task or body copy, so the
-collector's hot path pays a few list appends). The console's templates still carry inline
-``onclick`` handlers and ``hx-on`` attributes (which HTMX runs with ``Function``), so the
-Content-Security-Policy allows inline script and eval, but only from this origin: no script,
-frame, form target or connection to another host. ``/docs`` (Swagger UI from its CDN) gets a
-policy that also allows that CDN.
+collector's hot path pays a few list appends). The console's Content-Security-Policy allows
+script only from files of this origin: no inline ``<script>``, no ``on*=`` handler, no
+``javascript:`` URL and no eval (``Function``, string timers). Templates ask for behaviour with
+data attributes that ``static/console.js`` (or a page's own static file) handles, page data
+travels in data attributes or ``<script type="application/json">``, and HTMX runs with
+``allowEval: false`` (so no ``hx-on``, ``js:`` values or trigger filters); an injected tag
+therefore cannot run. Styles keep ``'unsafe-inline'``: templates use ``style=`` attributes and
+a few ``<style>`` blocks, and HTMX adds its indicator style; CSS cannot run script. Nothing
+comes from another host either: no script, frame, form target or connection. ``/docs`` (Swagger
+UI from its CDN, with an inline bootstrap script) gets a policy that also allows that CDN.
 
 HSTS is sent only when the request arrived over https (directly, or ``X-Forwarded-Proto:
 https`` from a proxy) or ``public_url`` is https: a plain-http deployment is never told to
@@ -24,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from rapport.web.auth import current_principal, require
 
 CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
+    "default-src 'self'; script-src 'self'; "
     "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
     "frame-ancestors 'none'"

@@ -1,4 +1,6 @@
-// Rapport console behaviour: toasts, ECharts from data attributes, HTMX error reporting.
+// Rapport console behaviour: toasts, ECharts from data attributes, HTMX error reporting, and
+// the small page behaviours templates ask for with data attributes (the CSP forbids inline
+// handlers and eval, so every listener lives here, delegated so HTMX-swapped content works).
 (function () {
   "use strict";
 
@@ -14,12 +16,11 @@
   }
   window.rapportToast = toast;
 
-  // The live tail asks for records after the newest offset it shows.
-  window.rapportTailAfter = function () {
-    var body = document.getElementById("tail-body");
+  // The live tail asks for records after the newest offset it shows (or the page's start).
+  function tailAfter(body) {
     var newest = body.querySelector("tr[data-offset]");
-    return newest ? newest.getAttribute("data-offset") : body.getAttribute("data-after");
-  };
+    return newest ? newest.getAttribute("data-offset") : body.getAttribute("data-tail-after");
+  }
 
   function drawCharts(root) {
     if (!window.echarts) return;
@@ -81,6 +82,53 @@
       document.querySelectorAll('input[name="' + name + '"]').forEach(function (box) {
         box.checked = e.target.checked;
       });
+    });
+    // Row details: <tr data-toggle-next> shows/hides the next row; <button data-toggle-next="tr">
+    // toggles the row after its closest <tr>. A control inside the row works itself instead.
+    document.body.addEventListener("click", function (e) {
+      var el = e.target.closest && e.target.closest("[data-toggle-next]");
+      if (!el) return;
+      var control = e.target.closest("input, select, textarea, button, a, label");
+      if (control && control !== el && el.contains(control)) return;
+      var selector = el.getAttribute("data-toggle-next");
+      var base = selector ? el.closest(selector) : el;
+      var detail = base && base.nextElementSibling;
+      if (detail) detail.hidden = !detail.hidden;
+    });
+    // Filter reset: <button type=button data-clear-form> empties its form and submits it (HTMX)
+    document.body.addEventListener("click", function (e) {
+      var button = e.target.closest && e.target.closest("[data-clear-form]");
+      if (!button || !button.form) return;
+      button.form.querySelectorAll("select, input").forEach(function (f) { f.value = ""; });
+      htmx.trigger(button.form, "submit");
+    });
+    // Examples: <select data-fill-example="field"> puts <template data-example="VALUE"> into field
+    document.body.addEventListener("change", function (e) {
+      var field = e.target.getAttribute && e.target.getAttribute("data-fill-example");
+      if (!field || !e.target.form) return;
+      var ex = e.target.form.querySelector('[data-example="' + CSS.escape(e.target.value) + '"]');
+      if (ex) e.target.form.elements[field].value = (ex.content || ex).textContent;
+    });
+    // Forms that scripts handle: <form data-no-submit> never navigates
+    document.body.addEventListener("submit", function (e) {
+      if (e.target.hasAttribute && e.target.hasAttribute("data-no-submit")) e.preventDefault();
+    });
+    // After a successful HTMX request: <form data-reset-on-success> empties itself and closes
+    // its <details>; <button data-reload-on-success> reloads the page
+    document.body.addEventListener("htmx:afterRequest", function (e) {
+      if (!e.detail.successful || !e.target.closest) return;
+      var form = e.target.closest("[data-reset-on-success]");
+      if (form) {
+        form.reset();
+        var details = form.closest("details");
+        if (details) details.open = false;
+      }
+      if (e.target.closest("[data-reload-on-success]")) location.reload();
+    });
+    // The live tail: <tbody data-tail-after=OFFSET hx-get=...> sends ?after=<newest offset>
+    document.body.addEventListener("htmx:configRequest", function (e) {
+      var el = e.detail.elt;
+      if (el && el.hasAttribute("data-tail-after")) e.detail.parameters.after = tailAfter(el);
     });
     // Copy buttons: <button data-copy="#id">
     document.body.addEventListener("click", function (e) {
