@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from dataclasses import replace
 
@@ -60,6 +59,14 @@ def serve(
     """Serve the collector, the API and the console on one port."""
     import uvicorn
 
+    from rapport.supervise import (
+        Child,
+        SupervisedServer,
+        Supervisor,
+        background_and_die_with_parent,
+        die_with_parent,
+        log_config,
+    )
     from rapport.web.app import create_app
     from rapport.web.collector_app import create_collector_app, without_collector
 
@@ -79,54 +86,46 @@ def serve(
     parent = ["--parent", str(os.getpid())]
     watch = ["--metrics-port", str(children_metrics)] if children_metrics else []
     watch_next = ["--metrics-port", str(children_metrics + 1)] if children_metrics else []
-    children: list[subprocess.Popen[bytes]] = []
+    rapport = [sys.executable, "-m", "rapport"]
+    children: list[Child] = []
     if role == "all":  # in a cluster, stage 1, dispatchers and jobs are workers of their own
         children = [
-            subprocess.Popen(
-                [sys.executable, "-m", "rapport", "warehouse", "follow", *parent, *watch],
-                preexec_fn=_follower_setup,
+            Child(
+                "follower",
+                [*rapport, "warehouse", "follow", *parent, *watch],
+                background_and_die_with_parent,
             ),
-            subprocess.Popen(  # deliveries: their own interpreter, at full priority
-                [sys.executable, "-m", "rapport", "delivery", "dispatch", *parent, *watch_next],
-                preexec_fn=_die_with_parent,
+            Child(  # deliveries: their own interpreter, at full priority
+                "dispatcher",
+                [*rapport, "delivery", "dispatch", *parent, *watch_next],
+                die_with_parent,
             ),
         ]
+    app = (
+        create_collector_app(ws)
+        if role == "collector"
+        else without_collector(create_app(workspace=ws))
+        if role == "api"
+        else create_app(workspace=ws)
+    )
+    config = uvicorn.Config(
+        app,
+        host=host or ws.settings.host,
+        port=port or ws.settings.port,
+        log_level="info",
+        log_config=log_config(),
+        access_log=False,
+    )
+    supervisor = Supervisor(children)
+    server = SupervisedServer(config, supervisor)
+    supervisor.start()
     try:
-        uvicorn.run(
-            create_collector_app(ws)
-            if role == "collector"
-            else without_collector(create_app(workspace=ws))
-            if role == "api"
-            else create_app(workspace=ws),
-            host=host or ws.settings.host,
-            port=port or ws.settings.port,
-            log_level="info",
-            access_log=False,
-        )
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            child.wait(30)
-
-
-def _follower_setup() -> None:
-    """In the follower, before it runs: a lower CPU priority (acknowledging events comes
-    first), and the end of ``serve`` is its end too."""
-    os.nice(10)
-    _die_with_parent()
-
-
-def _die_with_parent() -> None:
-    """On Linux, a SIGTERM when ``serve`` dies. uvicorn re-raises the signal that stopped it,
-    so ``serve``'s own clean-up may never run; a follower's pass then ends mid-transaction
-    (DuckDB rolls back), a dispatcher's claimed messages return when their lease expires."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-        import signal
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        supervisor.stop()
+    if not server.started:  # e.g. the port in use: as uvicorn.run exits
+        raise typer.Exit(3)
 
 
 @warehouse_app.command("follow")

@@ -64,6 +64,12 @@ HTTP_REQUESTS = Histogram(
     buckets=_FAST,
 )
 
+CHILD_RESTARTS = Counter(
+    "rapport_child_restarts",
+    "Children of `rapport serve` (follower, dispatcher) started again after they died.",
+    ["child"],
+)
+
 # -- the follower: log -> warehouse, identities, embedded stream rules ----------------------
 FOLLOW_PASSES = Counter(
     "rapport_follow_passes",

@@ -2,14 +2,16 @@
 
 - the server itself (the collector): every acknowledged messageId is in the log, and in the
   warehouse exactly once after the follower catches up (``tests/test_crash.py`` checks the log
-  only, with the plain server fixture);
-- the follower child mid-load: the warehouse holds every event exactly once after it runs again;
-- the dispatcher child mid-delivery: every outbox message reaches the receiver, applied once;
+  only, with the plain server fixture); its children end with it;
+- the follower child mid-load: ``serve`` starts it again, and the warehouse holds every event
+  exactly once;
+- the dispatcher child mid-delivery: ``serve`` starts it again, and every outbox message
+  reaches the receiver, applied once;
 - a rules worker: ``tests/test_stream_workers.py::
   test_three_workers_one_killed_make_every_lead_exactly_once``.
 
-``serve`` does not restart a dead child: an operator (or systemd) restarts ``serve``, which is
-what these tests do.
+A dead child is restarted by ``serve`` itself (``rapport.supervise``); a dead ``serve`` by an
+operator or systemd, which is what the first test does.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from collections import Counter
 import pytest
 from sqlalchemy import func, select
 
-from faults.helpers import Load, log_ids, report, warehouse_ids
+from faults.helpers import FaultServer, Load, log_ids, report, warehouse_ids
 from rapport.db.tables import outbox
 from rapport.settings import load_settings
 from rapport.workspace import Workspace
 from test_delivery import Receiver, put, webhook
+from test_supervise import children_left
 
 pytestmark = pytest.mark.long
 
@@ -36,8 +39,14 @@ def test_server_sigkill_under_load_keeps_every_acknowledged_event(fault_server):
     key = srv.cli_json("source", "create", "web")["write_key"]
     with Load(srv.url, key) as load:
         load.wait_for(5000)
+        assert srv.proc is not None
+        pid = srv.proc.pid
         srv.stop(signal.SIGKILL)  # no shutdown hooks, no final commit
     acked = set(load.acked)
+    deadline = time.monotonic() + 30  # the children end with it (their parent-death signal)
+    while left := children_left(pid):
+        assert time.monotonic() < deadline, f"children of the killed serve still run: {left}"
+        time.sleep(0.1)
     srv.start()  # the follower loads what the dead one had not
     stored = log_ids(srv.home)
     report("server SIGKILL, log", len(acked), len(acked & set(stored)))
@@ -48,7 +57,15 @@ def test_server_sigkill_under_load_keeps_every_acknowledged_event(fault_server):
     assert len(loaded) == len(set(loaded)) == len(stored), "each event once in the warehouse"
 
 
-def test_follower_sigkill_under_load_loads_every_event_exactly_once(fault_server):
+def _restarted(srv: FaultServer, role: str, killed: int) -> None:
+    """Wait for ``serve`` to start a new ``role`` child in place of ``killed``."""
+    deadline = time.monotonic() + 30
+    while srv.children().get(role, killed) == killed:
+        assert time.monotonic() < deadline, f"the {role} was not restarted:\n{srv.log_tail()}"
+        time.sleep(0.1)
+
+
+def test_follower_sigkill_under_load_is_restarted_and_loads_every_event_once(fault_server):
     srv = fault_server()
     key = srv.cli_json("source", "create", "web")["write_key"]
     with Load(srv.url, key) as load:
@@ -56,12 +73,12 @@ def test_follower_sigkill_under_load_loads_every_event_exactly_once(fault_server
         follower = srv.children()["follow"]
         os.kill(follower, signal.SIGKILL)  # mid-pass: DuckDB rolls back its transaction
         killed_at = len(load.acked)
-        load.wait_for(killed_at + 3000)  # the collector keeps acknowledging without it
+        load.wait_for(killed_at + 3000)  # the collector keeps acknowledging meanwhile
+        _restarted(srv, "follow", follower)
     acked = set(load.acked)
-    assert "follow" not in srv.children()
-    srv.stop()
-    srv.start()
-    loaded = warehouse_ids(srv.home)
+    assert srv.proc is not None and srv.proc.poll() is None, "serve itself kept running"
+    loaded = warehouse_ids(srv.home)  # the new follower catches up: no restart of serve
+    assert f"the follower (pid {follower}) was killed by SIGKILL" in srv.log_path.read_text()
     report("follower SIGKILL, warehouse", len(acked), len(acked & set(loaded)))
     assert acked <= set(loaded)
     duplicates = [k for k, n in Counter(loaded).items() if n > 1]
@@ -85,14 +102,14 @@ def test_dispatcher_sigkill_mid_delivery_delivers_every_message_once(fault_serve
         while len(receiver.requests) < 100:
             assert time.monotonic() < deadline, "the dispatcher did not start sending"
             time.sleep(0.02)
-        os.kill(srv.children()["dispatch"], signal.SIGKILL)
+        dispatcher = srv.children()["dispatch"]
+        os.kill(dispatcher, signal.SIGKILL)
         with ws.db.connect() as conn:
             states = dict(
                 conn.execute(select(outbox.c.status, func.count()).group_by(outbox.c.status)).all()
             )
         assert states.get("sending", 0) > 0, f"the kill should land mid-batch: {states}"
-        srv.stop()
-        srv.start()  # a new dispatcher: the dead one's claims come back after their lease
+        _restarted(srv, "dispatch", dispatcher)  # the dead one's claims return after their lease
         deadline = time.monotonic() + 90
         while len(receiver.applied) < len(keys):
             assert time.monotonic() < deadline, f"{len(receiver.applied)} of {len(keys)} applied"
