@@ -1,8 +1,9 @@
 """Issue 7's cluster, every part a real process: metadata on PostgreSQL, the event log on NATS
 JetStream, three ``rapport serve --role collector`` processes taking events from the official
 Segment client, one ``rapport warehouse follow`` publishing the persons' partitions, and three
-``rapport worker rules`` processes on disjoint partitions. Its leads must be those of the
-embedded process (SQLite log, rules in the follower) fed the same events.
+``rapport worker rules`` processes on disjoint partitions, checkpointing to the JetStream object
+store as the ``cluster`` profile does. Its leads must be those of the embedded process (SQLite
+log, rules in the follower) fed the same events.
 
 The embedded run is fed the cluster's own log records, in the order they were sent: the client
 stamps each batch with ``sentAt`` and the collector corrects event times by the network delay
@@ -33,7 +34,7 @@ from rapport.ingest.sources import create_source
 from rapport.leads import rules
 from rapport.log import nats as natslog
 from rapport.settings import load_settings
-from rapport.stream import engine, follow, partitions
+from rapport.stream import checkpoints, engine, follow, partitions
 from rapport.workspace import Workspace
 from test_log_jetstream import _delete_stream
 from test_stream_workers import NATS_URL, RULES, WORKERS, caught_up, events, lead_rows
@@ -98,6 +99,7 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[Workspace]:
         nats_log_stream=f"RAPPORT_TEST_EVENTS_{tag}",
         stream_backend="nats",
         nats_stream=f"RAPPORT_TEST_PERSONS_{tag}",
+        checkpoint_store="nats",
         stream_partitions=6,
         stream_idle_seconds=0,
         stream_lateness_seconds=LATENESS,
@@ -113,6 +115,7 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[Workspace]:
     yield ws
     ws.close()
     asyncio.run(natslog.delete_stream(settings))
+    asyncio.run(checkpoints.delete_bucket(settings))
     asyncio.run(_delete_stream(settings.nats_log_stream))
 
 
@@ -249,3 +252,4 @@ def test_three_collectors_and_three_workers_make_the_embedded_leads(cluster, emb
     assert len({g[0] for g in got}) == len(got)  # none twice
     missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     assert not missing and not extra, (len(expected), len(got), missing[:5], extra[:5])
+    assert not list(home.glob("stream/**/*.ckpt"))  # caught up by the checkpoints in NATS

@@ -4,7 +4,8 @@ Real NATS (127.0.0.1:4222, skipped when absent unless RAPPORT_REQUIRE_SERVICES=1
 ``rapport worker rules`` subprocesses over a file workspace. The same seeded events go to two
 workspaces: one runs the rules embedded (the expected leads), the other publishes to NATS
 where three workers run them — one SIGKILLed mid-stream and restarted. The leads must be the
-same, each exactly once.
+same, each exactly once. The checkpoints are files or, as in a cluster, objects in a JetStream
+object store, from which a worker on another machine (another home) resumes a partition.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from conftest import copy_home, service_unavailable
 from rapport.db.tables import leads
 from rapport.leads import rules
 from rapport.log import nats as natslog
-from rapport.settings import load_settings
-from rapport.stream import engine, follow, partitions, worker
+from rapport.settings import Settings, load_settings
+from rapport.stream import checkpoints, engine, follow, partitions, worker
 from rapport.workspace import Workspace
 from test_stream_engine import person, send
 
@@ -61,15 +62,19 @@ RULES = [
 ]
 
 
-def _home(migrated_home: Path, tmp_path: Path, backend: str, stream: str) -> Workspace:
-    home = tmp_path / "home"
-    copy_home(migrated_home, tmp_path)
-    # a rapport.toml, so that the worker subprocesses read the same settings
-    (home / "rapport.toml").write_text(
+def _toml(backend: str, stream: str, store: str) -> str:
+    """A rapport.toml, so that the worker subprocesses read the same settings."""
+    return (
         "[rapport]\n"
         f'stream_backend = "{backend}"\nnats_url = "{NATS_URL}"\nnats_stream = "{stream}"\n'
-        f"stream_partitions = {PARTITIONS}\nstream_idle_seconds = 0\n"
+        f'stream_partitions = {PARTITIONS}\nstream_idle_seconds = 0\ncheckpoint_store = "{store}"\n'
     )
+
+
+def _home(migrated_home: Path, tmp_path: Path, backend: str, stream: str, store: str) -> Workspace:
+    home = tmp_path / "home"
+    copy_home(migrated_home, tmp_path)
+    (home / "rapport.toml").write_text(_toml(backend, stream, store))
     ws = Workspace(load_settings(home=home))
     from rapport.ingest.sources import create_source
 
@@ -80,29 +85,38 @@ def _home(migrated_home: Path, tmp_path: Path, backend: str, stream: str) -> Wor
 
 
 @pytest.fixture
-def pair(migrated_home: Path, tmp_path: Path) -> Iterator[tuple[Workspace, Workspace]]:
-    """(embedded, scaled out): the same rules; the second publishes to its own stream."""
+def pair(
+    request: pytest.FixtureRequest, migrated_home: Path, tmp_path: Path
+) -> Iterator[tuple[Workspace, Workspace]]:
+    """(embedded, scaled out): the same rules; the second publishes to its own stream and
+    keeps its checkpoints in the store ``request.param`` ("file" unless parametrised)."""
+    store = getattr(request, "param", "file")
     stream = f"RAPPORT_TEST_{uuid.uuid4().hex[:10].upper()}"
-    scaled = _home(migrated_home, tmp_path / "scaled", "nats", stream)
+    scaled = _home(migrated_home, tmp_path / "scaled", "nats", stream, store)
     try:
         asyncio.run(natslog.delete_stream(scaled.settings))
     except ConnectionError as exc:
         service_unavailable("NATS", exc)
-    embedded = _home(migrated_home, tmp_path / "embedded", "embedded", stream)
+    embedded = _home(migrated_home, tmp_path / "embedded", "embedded", stream, store)
     yield embedded, scaled
     asyncio.run(natslog.delete_stream(scaled.settings))  # the stream and its consumers
+    asyncio.run(checkpoints.delete_bucket(scaled.settings))  # and the checkpoints' bucket
     for ws in (embedded, scaled):
         engine.forget(ws)
         ws.close()
 
 
-def start_worker(ws: Workspace, partitions: list[int]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "RAPPORT_HOME": str(ws.settings.home)}
+def start_worker(
+    ws: Workspace, partitions: list[int], home: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """A worker of ``ws``'s partitions, run in ``home`` (another machine's) or ``ws``'s."""
+    home = home or ws.settings.home
+    env = {**os.environ, "RAPPORT_HOME": str(home)}
     return subprocess.Popen(
         [sys.executable, "-m", "rapport", "worker", "rules", "--partitions"]
         + [",".join(map(str, partitions)), "--batch", "50"],
         env=env,
-        cwd=ws.settings.home,
+        cwd=home,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -165,7 +179,7 @@ def caught_up(ws: Workspace) -> bool:
 
     want = asyncio.run(last_seqs())
     for p, seq in enumerate(want):
-        ckpt = worker.read_checkpoint(worker.checkpoint_path(ws, p))
+        ckpt = worker.load_checkpoint(ws.settings, p)
         if ckpt is None or ckpt.seq < seq:
             return False
     return True
@@ -182,6 +196,28 @@ def wait_caught_up(ws: Workspace, procs: list[subprocess.Popen[bytes]]) -> None:
         time.sleep(0.3)
 
 
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def assert_same_leads(embedded: Workspace, scaled: Workspace) -> None:
+    """Every rule made leads, the scaled-out ones are the embedded ones, none made twice."""
+    expected, got = lead_rows(embedded), lead_rows(scaled)
+    by_rule = {r: sum(1 for e in expected if e[1] == r) for r in (1, 2, 3)}
+    assert all(by_rule.values()), by_rule  # every rule made leads (an absence one too)
+    assert len({e[0] for e in got}) == len(got)  # none twice
+    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    assert not missing and not extra, (len(expected), len(got), missing[:5], extra[:5])
+
+
+@pytest.mark.parametrize("pair", ["file", "nats"], indirect=True)
 def test_three_workers_one_killed_make_every_lead_exactly_once(pair):
     embedded, scaled = pair
     batches = events(seed=5, persons=500, batches=8, per_batch=600)
@@ -192,7 +228,7 @@ def test_three_workers_one_killed_make_every_lead_exactly_once(pair):
             send(scaled, *batch)
             follow.one_pass(scaled)  # loads, resolves, publishes to NATS
             if n == 3:  # mid-stream: the worker has applied some batches, not all
-                wait_for(lambda: worker.checkpoint_path(scaled, 2).exists())
+                wait_for(lambda: worker.load_checkpoint(scaled.settings, 2) is not None)
                 killed = procs[1]
                 killed.send_signal(signal.SIGKILL)
                 killed.wait(10)
@@ -204,25 +240,166 @@ def test_three_workers_one_killed_make_every_lead_exactly_once(pair):
         follow.one_pass(embedded)  # the expected leads: the embedded engine's
         wait_caught_up(scaled, [p for p in procs if p is not killed])
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-    expected, got = lead_rows(embedded), lead_rows(scaled)
-    by_rule = {r: sum(1 for e in expected if e[1] == r) for r in (1, 2, 3)}
-    assert all(by_rule.values()), by_rule  # every rule made leads (an absence one too)
-    assert len({e[0] for e in got}) == len(got)  # none twice
-    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-    assert not missing and not extra, (len(expected), len(got), missing[:5], extra[:5])
+        stop(procs)
+    assert_same_leads(embedded, scaled)
     # the restarted worker resumed from its checkpoints, not from the start
     assert restarted is not None and restarted.stderr is not None
     said = restarted.stderr.read().decode()
     resumed = re.search(r"partitions \[2, 3\] from sequences \[(\d+), (\d+)\]", said)
     assert resumed and int(resumed[1]) > 0, said[-2000:]
+    files = list(scaled.settings.home.glob("stream/*/p*.ckpt"))
+    assert len(files) == (PARTITIONS if scaled.settings.checkpoint_store == "file" else 0)
+
+
+@pytest.mark.parametrize("pair", ["nats"], indirect=True)
+def test_a_worker_on_another_machine_resumes_partitions_from_the_nats_checkpoints(pair, tmp_path):
+    """Machine A's worker checkpoints every partition, makes leads past its checkpoints and
+    is killed; machine B (another home: no file of A's, the same metadata DB and NATS) takes
+    the partitions over from the object store, and the leads are the embedded ones, once."""
+    embedded, scaled = pair
+    batches = events(seed=9, persons=300, batches=6, per_batch=400)
+    other = tmp_path / "machine-b"
+    other.mkdir()
+    settings = scaled.settings
+    toml = _toml("nats", settings.nats_stream, "nats")
+    (other / "rapport.toml").write_text(toml + f'database_url = "{settings.metadata_url}"\n')
+    every = list(range(PARTITIONS))
+    first = start_worker(scaled, every)
+    second = None
+    try:
+        for batch in batches[:3]:
+            send(scaled, *batch)
+            follow.one_pass(scaled)
+        wait_caught_up(scaled, [first])  # every partition's checkpoint is in NATS
+        made = len(lead_rows(scaled))
+        send(scaled, *batches[3])
+        follow.one_pass(scaled)
+        wait_for(lambda: len(lead_rows(scaled)) > made, 90)  # leads made after the checkpoints...
+        first.send_signal(signal.SIGKILL)  # ...then A dies
+        first.wait(10)
+        second = start_worker(scaled, every, home=other)
+        for batch in batches[4:]:
+            send(scaled, *batch)
+            follow.one_pass(scaled)
+        send(embedded, *(e for batch in batches for e in batch))
+        follow.one_pass(embedded)
+        wait_caught_up(scaled, [second])
+    finally:
+        stop([first] + ([second] if second else []))
+    assert_same_leads(embedded, scaled)
+    assert second is not None and second.stderr is not None
+    said = second.stderr.read().decode()
+    resumed = re.search(r"partitions \[0, 1, 2, 3, 4, 5\] from sequences \[([\d, ]+)\]", said)
+    assert resumed and all(int(s) > 0 for s in resumed[1].split(", ")), said[-2000:]
+    assert "NATS object store" in said
+    # no checkpoint file on either machine: B read A's checkpoints from NATS
+    assert not list(settings.home.glob("stream/**/*.ckpt")) and not (other / "stream").exists()
+
+
+def corrupt(settings: Settings, partition: int) -> None:
+    """Damage a stored checkpoint as a disk or a storage fault could: its bytes are no longer
+    those stored (a file cut short; an object with a chunk too many)."""
+    if settings.checkpoint_store == "file":
+        path = checkpoints.FileStore(settings.home / "stream" / settings.nats_stream).path(
+            partition
+        )
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return
+
+    async def go() -> None:
+        nc, js = await natslog.connect(settings.nats_url)
+        try:
+            bucket = checkpoints.bucket(settings)
+            info = await (await js.object_store(bucket)).get_info(checkpoints.key(partition))
+            await js.publish(f"$O.{bucket}.C.{info.nuid}", b"not a checkpoint")
+        finally:
+            await nc.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("pair", ["file", "nats"], indirect=True)
+def test_a_corrupt_checkpoint_is_never_loaded_its_partition_is_replayed_from_the_log(pair):
+    """A worker stops with every partition checkpointed; partition 1's checkpoint is then
+    damaged. The restarted worker does not load it (digest or msgpack fails): it replays that
+    partition from the start of the stream, resumes the others, and the leads are still the
+    embedded ones, each once."""
+    embedded, scaled = pair
+    batches = events(seed=3, persons=200, batches=4, per_batch=300)
+    every = list(range(PARTITIONS))
+    first = start_worker(scaled, every)
+    try:
+        for batch in batches[:2]:
+            send(scaled, *batch)
+            follow.one_pass(scaled)
+        wait_caught_up(scaled, [first])
+    finally:
+        stop([first])
+    corrupt(scaled.settings, 1)
+    assert worker.load_checkpoint(scaled.settings, 1) is None  # not loaded...
+    assert worker.load_checkpoint(scaled.settings, 0) is not None  # ...unlike the others
+    second = start_worker(scaled, every)
+    try:
+        for batch in batches[2:]:
+            send(scaled, *batch)
+            follow.one_pass(scaled)
+        send(embedded, *(e for batch in batches for e in batch))
+        follow.one_pass(embedded)
+        wait_caught_up(scaled, [second])
+    finally:
+        stop([second])
+    assert_same_leads(embedded, scaled)
+    assert second.stderr is not None
+    said = second.stderr.read().decode()
+    assert "the checkpoint of partition 1 in" in said and "is corrupt" in said, said[-2000:]
+    resumed = re.search(r"partitions \[0, 1, 2, 3, 4, 5\] from sequences \[([\d, ]+)\]", said)
+    assert resumed, said[-2000:]
+    seqs = [int(s) for s in resumed[1].split(", ")]
+    assert seqs[1] == 0 and all(seqs[:1] + seqs[2:]), seqs
+
+
+def test_an_upload_killed_midway_leaves_the_previous_checkpoint(tmp_path):
+    """The child storing a checkpoint in NATS is SIGKILLed (its machine lost) halfway through
+    the chunks: the object is still the previous checkpoint, whole, and the next upload
+    replaces it."""
+    stream = f"RAPPORT_TEST_{uuid.uuid4().hex[:10].upper()}"
+    settings = load_settings(
+        home=tmp_path, nats_url=NATS_URL, nats_stream=stream, checkpoint_store="nats"
+    )
+    store = checkpoints.open_store(settings)
+    old, big = b"previous checkpoint" * 1000, os.urandom(64 << 20)  # 512 chunks of 128 KiB
+    try:
+        store.put(0, old)
+    except ConnectionError as exc:
+        service_unavailable("NATS", exc)
+
+    async def kill_midway(pid: int) -> int:
+        """SIGKILL ``pid`` once some of its chunks are stored; the bucket's messages then."""
+        nc, js = await natslog.connect(NATS_URL)
+        try:
+            objects = f"OBJ_{checkpoints.bucket(settings)}"
+            while (await js.stream_info(objects)).state.messages < 2 + 8:  # old chunk + meta
+                await asyncio.sleep(0.005)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return (await js.stream_info(objects)).state.messages
+        finally:
+            await nc.close()
+
+    try:
+        pid = os.fork()
+        if pid == 0:  # as the worker's child does
+            try:
+                store.put(0, big)
+            finally:
+                os._exit(0)
+        stored = asyncio.run(kill_midway(pid))
+        assert 2 + 8 <= stored < 2 + 512  # killed with chunks stored, before the metadata
+        assert asyncio.run(store.get(0)) == old  # the previous checkpoint, digest verified
+        store.put(0, b"next checkpoint")
+        assert asyncio.run(store.get(0)) == b"next checkpoint"
+    finally:
+        asyncio.run(checkpoints.delete_bucket(settings))
 
 
 def test_a_worker_refuses_a_partition_that_does_not_exist(pair):
@@ -461,7 +638,7 @@ def test_a_merge_across_partitions_completes_a_sequence_once_in_the_survivors_wo
     assert keys[0] == survivor
     assert lead_rows(scaled) == expected
     # the merged-away person's state is gone from its partition's checkpoint
-    ckpt = worker.read_checkpoint(worker.checkpoint_path(scaled, keys[1] % PARTITIONS))
+    ckpt = worker.load_checkpoint(scaled.settings, keys[1] % PARTITIONS)
     assert ckpt is not None and keys[1] not in {p.person for p in ckpt.persons}
 
 
@@ -530,3 +707,18 @@ def test_a_worker_skips_events_it_has_fed_when_a_batch_comes_again(pair):
     assert part.core.stats.events == 6
     assert part.offset == 6 and part.seq == 3
     assert [len(s.events) for s in part.core.states.values()] == [1] * 6
+
+
+def test_the_cluster_profile_keeps_checkpoints_in_nats_unless_told_otherwise(tmp_path):
+    pg = "postgresql+psycopg://postgres@127.0.0.1:5432/x"
+    assert load_settings(home=tmp_path).checkpoint_store == "file"
+    cluster = load_settings(home=tmp_path, profile="cluster", database_url=pg)
+    store = checkpoints.open_store(cluster)
+    assert isinstance(store, checkpoints.NatsStore)
+    assert store.bucket == "RAPPORT_PERSONS_CHECKPOINTS"
+    explicit = load_settings(
+        home=tmp_path, profile="cluster", database_url=pg, checkpoint_store="file"
+    )
+    assert isinstance(checkpoints.open_store(explicit), checkpoints.FileStore)
+    with pytest.raises(ValueError, match="one of file, nats"):
+        checkpoints.open_store(load_settings(home=tmp_path, checkpoint_store="s3"))

@@ -25,6 +25,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "warehouse_backend": "spark",
         "loader_in_process": False,
         "dispatcher_in_process": False,
+        "checkpoint_store": "nats",
     },
 }
 
@@ -121,6 +122,11 @@ class Settings:
     nats_url: str = "nats://127.0.0.1:4222"
     #: The JetStream stream holding the persons' events (subjects ``<lowercased name>.<p>``).
     nats_stream: str = "RAPPORT_PERSONS"
+    #: Where ``rapport worker rules`` keeps its partitions' checkpoints: "file"
+    #: (``home/stream/<nats_stream>/p<N>.ckpt``: only a worker on this machine resumes from
+    #: them) or "nats" (the JetStream object store bucket ``<nats_stream>_CHECKPOINTS``, with
+    #: ``nats_log_replicas`` replicas: a worker on any machine takes a partition over).
+    checkpoint_store: str = "file"
     #: Where tags, audiences and offline lead rules read the warehouse: "duckdb" (the file)
     #: or "spark" (Parquet tables in ``spark_warehouse_path``, written by ``rapport warehouse
     #: export-parquet``; results are still written to DuckDB, bitmaps and the metadata DB).

@@ -2,8 +2,11 @@
 
 ``rapport worker rules --partitions 0,1,2`` owns those partitions (one owner per partition at
 a time: starting a second one on a partition takes it over). Per partition: a durable pull
-consumer, a rule core fed with the partition's messages in order, and a checkpoint file
-``<home>/stream/<stream>/p<N>.ckpt``. For each batch of messages:
+consumer, a rule core fed with the partition's messages in order, and a checkpoint in the
+store of setting ``checkpoint_store`` (``rapport.stream.checkpoints``: a file
+``<home>/stream/<stream>/p<N>.ckpt``, or key ``p<N>`` of the JetStream object store bucket
+``<stream>_CHECKPOINTS``, which a worker on another machine can take over). For each batch
+of messages:
 
 1. feed the core (events of interest; every message moves the watermark);
 2. apply the providers' outputs — leads through ``fire``, in one metadata-DB transaction;
@@ -12,19 +15,24 @@ and, at most every ``CHECKPOINT_SECONDS`` and on stopping:
 
 3. write the checkpoint: the stream sequence of the last message fed, the last log offset fed,
    the watermark, every person state (events within the rules' retention, typed attributes,
-   tags, segments) and the timers (msgpack, written to a temporary file, fsynced, renamed over
-   the old one) — by a forked child, from a copy-on-write image of the states, so the
-   partition goes on feeding while it is written (a worker must not stall for it: leads wait);
+   tags, segments) and the timers (msgpack; a file is written to a temporary file, fsynced,
+   renamed over the old one; an object is stored once JetStream acknowledged it) — by a
+   forked child, from a copy-on-write image of the states, so the partition goes on feeding
+   while it is written (a worker must not stall for it: leads wait). The child serialises
+   and stores the checkpoint itself, over its own NATS connection for the object store
+   (``checkpoints`` says why);
 4. once the child has exited cleanly, ack (``AckPolicy.ALL``: the last message acks all
    before it).
 
 A NATS message holds up to ``partitions.WIRE_BATCH`` messages of the partition; an event at or
 below the last log offset fed (a batch published again after the publisher crashed) is skipped.
 
-A worker killed anywhere in this loop restarts from its checkpoint: the consumer is made anew
-to deliver the messages after the checkpoint's sequence, so the batches whose outputs were
-applied after it are processed again, and ``fire`` drops the leads it already made by their
-dedupe key. At-least-once processing, exactly-once leads.
+A worker killed anywhere in this loop restarts from its checkpoint (read from the store when
+it starts): the consumer is made anew to deliver the messages after the checkpoint's
+sequence, so the batches whose outputs were applied after it are processed again, and
+``fire`` drops the leads it already made by their dedupe key. At-least-once processing,
+exactly-once leads. A partition with no checkpoint, or a corrupt one (its digest or msgpack
+fails), is replayed from the start of the stream, which keeps every message.
 
 Workers never open the warehouse (in the cluster profile it is not theirs): a person's
 history and profile come only from the messages and the checkpoint, and a state is never
@@ -58,7 +66,7 @@ from sqlalchemy.exc import OperationalError
 
 from rapport import metrics
 from rapport.log import nats as natslog
-from rapport.stream import core
+from rapport.stream import checkpoints, core
 from rapport.stream.core import EPOCH, Core
 from rapport.stream.partitions import Drop, Merge, Past, PersonEvent, Profile, decode
 from rapport.stream.state import EventRec, PersonState
@@ -66,6 +74,7 @@ from rapport.stream.state import EventRec, PersonState
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
+    from rapport.settings import Settings
     from rapport.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -107,24 +116,33 @@ _decode = msgspec.msgpack.Decoder(Checkpoint).decode
 
 
 def checkpoint_path(ws: Workspace, partition: int) -> Path:
-    return ws.settings.home / "stream" / ws.settings.nats_stream / f"p{partition}.ckpt"
+    """The checkpoint file of a partition with ``checkpoint_store = "file"``."""
+    s = ws.settings
+    return checkpoints.FileStore(s.home / "stream" / s.nats_stream).path(partition)
 
 
-def read_checkpoint(path: Path) -> Checkpoint | None:
+def load_checkpoint(settings: Settings, partition: int) -> Checkpoint | None:
+    """The stored checkpoint of a partition, from either store (operators, tests; outside an
+    event loop)."""
+    return asyncio.run(_load(checkpoints.open_store(settings), partition))
+
+
+async def _load(store: checkpoints.CheckpointStore, partition: int) -> Checkpoint | None:
+    """A partition's checkpoint; None when there is none or it cannot be trusted (its digest
+    or its msgpack fails): the partition is then replayed from the start of the log, and
+    ``fire`` drops the leads made again."""
     try:
-        return _decode(path.read_bytes())
-    except FileNotFoundError:
+        data = await store.get(partition)
+        return None if data is None else _decode(data)
+    except (checkpoints.Corrupt, msgspec.DecodeError) as exc:
+        log.warning(
+            "the checkpoint of partition %s in %s is corrupt (%s): replaying the partition "
+            "from the start of the stream",
+            partition,
+            store.where,
+            exc,
+        )
         return None
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 # -- one partition ------------------------------------------------------------------------------
@@ -137,7 +155,7 @@ class Partition:
         s = ws.settings
         self.ws = ws
         self.number = number
-        self.path = checkpoint_path(ws, number)
+        self.store = checkpoints.open_store(s)
         providers = core.load_providers(provider_paths(s, "worker"))
         self.core = Core(
             ws,
@@ -173,11 +191,14 @@ class Partition:
         first seen here has no history before it."""
         return {p: self.merged.pop(p) for p in persons if p in self.merged}
 
-    def start(self) -> None:
-        """Rules from the providers, states and timers from the checkpoint."""
+    async def load(self) -> Checkpoint | None:
+        """The partition's checkpoint from the store (None: none, or a corrupt one)."""
+        return await _load(self.store, self.number)
+
+    def start(self, ckpt: Checkpoint | None = None) -> None:
+        """Rules from the providers, states and timers from the checkpoint ``load`` read."""
         c = self.core
         c.refresh_rules()
-        ckpt = read_checkpoint(self.path)
         if ckpt is None:
             return
         self.seq, self.offset = ckpt.seq, ckpt.offset
@@ -290,23 +311,20 @@ class Partition:
                         raise
                     time.sleep(0.05 * (attempt + 1))
 
-    def checkpoint(self) -> None:
-        """Write the states as of the last message fed (after ``apply``: a restart from here
-        re-reads only messages whose leads are made or to be made again, deduped)."""
-        self.drop_empty()
-        _write(self.path, _encode(self.snapshot()))
-        self.saved_at = time.monotonic()
-
     def checkpoint_behind(self, last: Msg | None) -> None:
-        """``checkpoint`` in a forked child (``last`` is acked by ``written`` when it is done)."""
+        """Store the states as of the last message fed (after ``apply``: a restart from here
+        re-reads only messages whose leads are made or to be made again, deduped), in a forked
+        child (``last`` is acked by ``written`` when it is done)."""
         self.drop_empty()
         pid = os.fork()
-        if pid == 0:  # the child: write, then leave without running anything of the parent's
+        if pid == 0:  # the child: store, then leave without running anything of the parent's
             code = 1
             try:
                 os.nice(10)  # the partition's work comes first
-                _write(self.path, _encode(self.snapshot()))
+                self.store.put(self.number, _encode(self.snapshot()))
                 code = 0
+            except BaseException:
+                log.exception("storing the checkpoint of partition %s failed", self.number)
             finally:
                 os._exit(code)
         self.writing = (pid, last)
@@ -390,10 +408,15 @@ async def run(
         parts: list[tuple[Partition, Any]] = []
         for p in partitions:
             part = Partition(ws, p)
-            part.start()
+            part.start(await part.load())
             sub = await natslog.open_partition(js, s, p, part.seq)
             parts.append((part, sub))
-        log.info("worker: partitions %s from sequences %s", partitions, [x.seq for x, _ in parts])
+        log.info(
+            "worker: partitions %s from sequences %s (checkpoints: %s)",
+            partitions,
+            [x.seq for x, _ in parts],
+            parts[0][0].store.where if parts else "-",
+        )
         # a full collection walks every state (hundreds of ms: a lead waits that long): keep
         # what the checkpoint loaded out of it and collect the young less often
         gc.freeze()
@@ -422,9 +445,9 @@ async def run(
         for part, _ in parts:  # stopping: nothing fed is left out of a checkpoint
             if part.writing is not None:
                 await _ack(part.written(wait=True))
-            if part.number in unacked:
-                part.checkpoint()
-                await _ack(unacked.pop(part.number))
+            if part.number in unacked:  # by a child as always (one path for both stores)
+                part.checkpoint_behind(unacked.pop(part.number))
+                await _ack(part.written(wait=True))
     finally:
         await nc.close()
 
