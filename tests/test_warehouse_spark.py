@@ -1,5 +1,7 @@
-"""The warehouse on Spark (issue 7): tags, audiences and offline lead rules give the same results
-reading the Parquet export through Spark as reading the DuckDB file.
+"""The warehouse on Spark (issue 7): tags (mined ones too), audiences, segmentations, the
+lifecycle and offline lead rules give the same results reading the Parquet export through
+Spark as reading the DuckDB file; Spark's ``person_daily`` is rebuilt only for the days the
+export rewrote.
 
 One small seeded world (profiles with messy birthdays, 400 persons' events over 60 days, some
 unresolved) is computed on DuckDB, exported with ``rapport warehouse export-parquet``, and
@@ -21,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import ibis
+import numpy as np
 import pyarrow as pa
 import pytest
+from pyroaring import BitMap
 from typer.testing import CliRunner
 
 from conftest import small_spark
@@ -156,11 +160,15 @@ def _world(ws: Workspace) -> None:
                     "amount": round(rng.uniform(5, 1500), 2),
                     "category": rng.choice(CATEGORIES),
                     "item_id": item,
+                    "order_id": f"O{len(rows)}",  # undeclared: mined tags read it from the JSON
                 }
             elif kind[0] == "book_hotel":
                 props = {"price": rng.choice([300, 900, 2500]), "nights": rng.randint(1, 5)}
             person = p if rng.random() > 0.03 else rng.choice([None, -1])
             rows.append((person, kind[0], props, ts))
+    # some orders recorded twice (order system + tracking), as the mined tags expect
+    orders = [r for r in rows if r[1] == "order_paid"]
+    rows += [(r[0], r[1], dict(r[2]), r[3] + timedelta(minutes=2)) for r in orders[::9]]
     n = len(rows)
     ts = [r[3] for r in rows]
     events = pa.table(
@@ -365,3 +373,236 @@ def test_offline_lead_rules_find_the_same_leads_on_spark(on):
         assert duck, f"{name} finds leads in the world"
         ran = offline.run(on["spark"], rule, end, start=start)  # the job, reading Spark
         assert ran["passed"] == len(duck) and ran["leads"] > 0
+
+
+# -- lifecycle, segmentations, mined tags ------------------------------------------------------
+SEGMENTATION = {
+    "dimension": "interest",
+    "buckets": [
+        {"name": "women", "condition": 'gender = "f"'},
+        {
+            "name": "fridge_viewers",
+            "condition": 'did view_product where category = "fridge" in last 30 days',
+        },
+        {"name": "hotel_lovers", "condition": "has tag hotel_lover"},
+    ],
+    "other": True,
+}
+MINED = {
+    "rfm_score": ({"model": "rfm", "part": "score", "share_categories": ["fridge"]}, False),
+    "rfm_tier": ({"model": "rfm", "part": "tier"}, False),
+    "prefers": ({"model": "category_preference", "lift": 1.5, "min_signals": 2}, True),
+}
+
+
+def test_lifecycle_stages_are_the_same_on_spark(on):
+    from rapport.segments import lifecycle
+    from rapport.segments.store import members
+
+    # thresholds the 60 days of the world fill: every stage has persons
+    conf = lifecycle.configure(on["duckdb"], retained_days=7, lost_days=20)
+    duck = lifecycle.compute_stages(on["duckdb"], AS_OF, conf)
+    spark = lifecycle.compute_stages(on["spark"], AS_OF, conf)
+    assert all(duck.values()), {s: len(p) for s, p in duck.items()}
+    assert spark == duck
+    stats = lifecycle.refresh_lifecycle(on["spark"], AS_OF)  # written where it always is
+    assert stats["distribution"] == {s: len(p) for s, p in duck.items()}
+    for stage, persons in duck.items():
+        assert members(on["duckdb"], lifecycle.NAME, stage) == persons, stage
+
+
+def test_segmentations_split_the_same_on_spark(on):
+    from rapport.segments import segmentations
+    from rapport.segments.store import get_segment, members
+
+    segmentations.create_segmentation(on["duckdb"], "interest", SEGMENTATION)
+    duck = segmentations.check_mece(on["duckdb"], "interest", AS_OF)
+    spark = segmentations.check_mece(on["spark"], "interest", AS_OF)
+    assert spark == duck
+    assert duck["overlaps"] and duck["uncovered"]["count"], "the world overlaps and leaves some"
+    written = segmentations.refresh_segmentation(on["spark"], "interest", AS_OF)
+    assert written["size"] == duck["persons"]  # ``other`` takes the rest: everyone is in
+    definition = get_segment(on["duckdb"], "interest")["definition"]
+    sets, everyone = segmentations.bucket_sets(on["duckdb"], definition, AS_OF)
+    taken = BitMap()
+    for bucket, persons in sets.items():  # the first bucket takes a person, as written
+        assert members(on["duckdb"], "interest", bucket) == persons - taken, bucket
+        taken |= persons
+    assert members(on["duckdb"], "interest", segmentations.OTHER) == everyone - taken
+
+
+def test_mined_tags_are_the_same_computed_on_spark(on):
+    from rapport.tags import mined
+    from rapport.tags.compute import compute_tags
+    from rapport.tags.definitions import TagIn, create_tag
+
+    spec = mined.FeatureSpec(share_categories=("fridge", "hotel"))
+    duck = mined.load_features(on["duckdb"], AS_OF, spec)
+    spark = mined.load_features(on["spark"], AS_OF, spec)
+    assert list(spark.person_key) == list(duck.person_key) and len(duck) > PERSONS / 2
+    assert spark.columns.keys() == duck.columns.keys()
+    for name, values in duck.columns.items():
+        assert np.allclose(spark[name], values, equal_nan=True, rtol=1e-9), name
+    for name, (definition, multi) in MINED.items():
+        tag = TagIn(name=name, kind="mined", multi=multi, definition=definition)
+        create_tag(on["duckdb"].db, tag)
+    compute_tags(on["duckdb"], list(MINED), AS_OF)
+    before = tag_values(on["duckdb"])
+    assert all(before.get(name) for name in MINED), "every mined tag has values on DuckDB"
+    compute_tags(on["spark"], list(MINED), AS_OF)  # Spark's features, written as usual
+    after = tag_values(on["spark"])
+    for name in MINED:
+        assert after[name] == before[name], name
+
+
+# -- incremental rollups on Spark ---------------------------------------------------------------
+ROLLUP_TAGS = ["orders_30d", "views_7d", "spend_90d", "spender", "avg_order"]
+NEW_DAY = (AS_OF - timedelta(days=75)).date()  # before the world's days, inside spend_90d
+
+
+@pytest.fixture
+def copied(
+    homes: dict[str, Settings], exported: dict[str, Any], spark_session: Any, tmp_path: Path
+) -> Iterator[dict[str, Workspace]]:
+    """The exported world copied to a home of its own (these tests change its events), with
+    no ``person_daily`` yet (the rollup tags of other tests built one): built here."""
+    from rapport.warehouse.spark import ROLLUPS, ROLLUPS_MANIFEST
+
+    home = tmp_path / "home"
+    shutil.copytree(
+        homes["duckdb"].home, home, ignore=shutil.ignore_patterns(ROLLUPS, ROLLUPS_MANIFEST)
+    )
+    settings = replace(homes["duckdb"], home=home)
+    spaces = {"duckdb": Workspace(settings)}
+    spaces["spark"] = Workspace(replace(settings, warehouse_backend="spark"))
+    yield spaces
+    for ws in spaces.values():
+        ws.close()
+
+
+def day_files(root: Path) -> dict[str, list[tuple[str, int]]]:
+    """Every day directory of ``person_daily`` -> its files and their modification times."""
+    return {
+        d.name: sorted((f.name, f.stat().st_mtime_ns) for f in d.glob("*.parquet"))
+        for d in sorted((root / "person_daily").glob("day=*"))
+    }
+
+
+def person_daily(ws: Workspace) -> list[dict[str, Any]]:
+    from rapport.warehouse import spark
+
+    with spark.reader(ws).connect() as con:
+        t = con.table("person_daily")
+        rows = t.order_by(["person_key", "day", "event"]).to_pyarrow().to_pylist()
+    return [{k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+
+
+def rollup_values(ws: Workspace) -> dict[str, set[tuple[int, str]]]:
+    from rapport.tags.compute import compute_tags
+
+    compute_tags(ws, ROLLUP_TAGS, AS_OF, refresh_rollups=False)
+    return {tag: v for tag, v in tag_values(ws).items() if tag in ROLLUP_TAGS}
+
+
+def full_rebuild_agrees(ws: Workspace) -> dict[str, set[tuple[int, str]]]:
+    """The tag values and rollup rows after the incremental build equal a full rebuild's."""
+    from rapport.warehouse import spark
+
+    incremental, rows = rollup_values(ws), person_daily(ws)
+    assert spark.refresh_rollups(ws, full=True).full
+    assert person_daily(ws) == rows
+    assert rollup_values(ws) == incremental
+    return incremental
+
+
+def test_spark_rollups_rebuild_only_the_days_the_export_rewrote(copied):
+    from rapport.tags.compute import compute_tags
+    from rapport.warehouse import parquet, spark
+
+    ws, on_spark = copied["duckdb"], copied["spark"]
+    root = Path(ws.settings.spark_dir)
+    first = spark.refresh_rollups(on_spark)  # nothing built yet: in full
+    days = sorted(parquet.read_manifest(root)["days"])
+    assert first.full and first.days_built == days and first.rows > 0
+    again = spark.refresh_rollups(on_spark)
+    assert (again.full, again.days_built, again.days_unchanged) == (False, [], len(days))
+    assert again.rows == first.rows
+    before = rollup_values(on_spark)
+    written = day_files(root)
+
+    # the orders of 20 persons copied onto a day that had no events, then exported
+    with ws.warehouse.connect() as con:
+        con.raw_sql(
+            "INSERT INTO events SELECT * REPLACE ('new-' || event_id AS event_id, "
+            f"TIMESTAMPTZ '{NEW_DAY} 10:00:00+00' AS ts, DATE '{NEW_DAY}' AS day, "
+            "log_offset + 1000000 AS log_offset) FROM events "
+            "WHERE event = 'order_paid' AND person_key BETWEEN 0 AND 19"
+        )
+    assert parquet.export(ws).days_written == 1
+    reports = compute_tags(on_spark, ROLLUP_TAGS, AS_OF)  # the product's path: builds first
+    assert all(r["engine"] == "spark" for r in reports)
+    built = spark.read_rollups_manifest(root)["last"]
+    assert built == {"full": False, "days_built": 1, "days_removed": 0}
+    now = day_files(root)
+    assert set(now) == {*written, f"day={NEW_DAY}"}
+    assert {d: f for d, f in now.items() if d != f"day={NEW_DAY}"} == written, "others untouched"
+    values = full_rebuild_agrees(on_spark)
+    assert values["spender"] != before["spender"], "the new day's orders count"
+
+    # the day's events erased again: its rollup directory goes with it
+    with ws.warehouse.connect() as con:
+        con.raw_sql(f"DELETE FROM events WHERE day = DATE '{NEW_DAY}'")
+    assert parquet.export(ws).days_removed == 1
+    gone = spark.refresh_rollups(on_spark)
+    assert (gone.full, gone.days_built, gone.days_removed) == (False, [], [str(NEW_DAY)])
+    assert set(day_files(root)) == set(written)
+    assert full_rebuild_agrees(on_spark) == before
+
+
+def test_spark_rollups_follow_an_identity_merge_on_old_days(copied):
+    """A person merged into another: resolution re-keys their events in place, the export
+    rewrites every day holding them, and the build rebuilds exactly those days."""
+    from rapport.warehouse import parquet, spark
+
+    ws, on_spark = copied["duckdb"], copied["spark"]
+    root = Path(ws.settings.spark_dir)
+    spark.refresh_rollups(on_spark)
+    rows = person_daily(on_spark)
+    merged = next(r["person_key"] for r in rows if r["event"] == "order_paid")
+    into = next(r["person_key"] for r in rows if r["person_key"] not in (merged, -1))
+    with ws.warehouse.connect() as con:
+        got = con.raw_sql(
+            f"SELECT DISTINCT CAST(day AS VARCHAR) FROM events WHERE person_key = {merged}"
+        ).fetchall()
+        days = sorted(d for (d,) in got)
+        con.raw_sql(f"UPDATE events SET person_key = {into} WHERE person_key = {merged}")
+    assert len(days) > 1 and min(days) < str((AS_OF - timedelta(days=30)).date())
+    assert parquet.export(ws).days_written == len(days)
+    written = day_files(root)
+    build = spark.refresh_rollups(on_spark)
+    assert (build.full, build.days_built) == (False, days)
+    now = day_files(root)
+    assert {d for d in now if now[d] != written.get(d)} == {f"day={d}" for d in days}
+    after = person_daily(on_spark)
+    assert not [r for r in after if r["person_key"] == merged]
+    moved = sum(r["n"] for r in rows if r["person_key"] in (merged, into))
+    assert sum(r["n"] for r in after if r["person_key"] == into) == moved
+    full_rebuild_agrees(on_spark)
+
+
+def test_spark_rollups_rebuild_in_full_when_the_events_columns_change(copied):
+    """A new event column (a property the loader now types) makes the export rewrite every
+    day with the same fingerprints: the build notices the columns and rebuilds in full."""
+    from rapport.warehouse import parquet, spark
+
+    ws, on_spark = copied["duckdb"], copied["spark"]
+    root = Path(ws.settings.spark_dir)
+    spark.refresh_rollups(on_spark)
+    rows = person_daily(on_spark)
+    days = sorted(parquet.read_manifest(root)["days"])
+    with ws.warehouse.connect() as con:
+        con.raw_sql("ALTER TABLE events ADD COLUMN prop_coupon VARCHAR")
+    assert parquet.export(ws).days_written == len(days)
+    build = spark.refresh_rollups(on_spark)
+    assert (build.full, build.days_built) == (True, days)
+    assert person_daily(on_spark) == rows

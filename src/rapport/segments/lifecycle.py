@@ -83,8 +83,10 @@ def configure(ws: Workspace, **settings: Any) -> dict[str, Any]:
 
 
 def compute_stages(ws: Workspace, as_of: datetime, conf: dict[str, Any]) -> dict[str, BitMap]:
-    """stage -> persons at ``as_of`` (one warehouse query)."""
-    with ws.warehouse.connect() as con:
+    """stage -> persons at ``as_of`` (one warehouse query: DuckDB's, or Spark's)."""
+    from rapport.warehouse.spark import reader  # DuckDB, or Spark (warehouse_backend)
+
+    with reader(ws).connect() as con:
         ev = con.table("events")
         ev = ev.filter(ev.person_key >= 0, ev.ts <= as_of, ev.source != system_events.SOURCE)
         per = ev.group_by("person_key").aggregate(

@@ -80,12 +80,15 @@ def _segmentation(ws: Workspace, name: str) -> dict[str, Any]:
 def bucket_sets(
     ws: Workspace, definition: dict[str, Any], as_of: datetime
 ) -> tuple[dict[str, BitMap], BitMap]:
-    """Each bucket's persons (by its condition alone) and the universe."""
+    """Each bucket's persons (by its condition alone) and the universe, from where
+    ``warehouse_backend`` reads (the conditions' warehouse leaves too: ``bitmaps.evaluate``)."""
+    from rapport.warehouse.spark import reader  # DuckDB, or Spark (warehouse_backend)
+
     sets = {
         b["name"]: bitmaps.evaluate(from_json(b["condition"]), ws, as_of)
         for b in definition["buckets"]
     }
-    with ws.warehouse.connect() as con:
+    with reader(ws).connect() as con:
         everyone = bitmaps.keys_of(bitmaps.universe_table(con))
     return sets, everyone
 

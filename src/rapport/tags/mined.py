@@ -3,7 +3,8 @@
 Every model starts from one set-based Ibis query of per-person features as of an explicit
 ``as_of`` (events after it do not exist), so a churn model can be trained on the past (features
 as of a cut-off, label from the 30 days after it) with the very code that scores the present.
-The warehouse does the aggregation; scikit-learn sees one row per person.
+The warehouse does the aggregation (DuckDB, or Spark with ``warehouse_backend = "spark"``:
+the same expressions, values written to DuckDB as usual); scikit-learn sees one row per person.
 
 Purchases are the ``order_paid`` events, one per ``order_id``: the demo (like many shops)
 records an order twice, once from the order system and once from the app's tracking.
@@ -104,6 +105,8 @@ def label_of(feature: str) -> str:
 def _prop(events: ir.Table, name: str, kind: str) -> ir.Value:
     """An event property: its typed ``prop_`` column when the plan declares it, else the JSON."""
     column = f"prop_{name}"
+    if not events.properties.type().is_json():  # JSON kept as text: Spark
+        return _prop_from_text(events, name, kind)
     raw = events.properties[name]
     from_json = (
         raw.unwrap_as("float64")
@@ -115,9 +118,29 @@ def _prop(events: ir.Table, name: str, kind: str) -> ir.Value:
     return from_json
 
 
+def _prop_from_text(events: ir.Table, name: str, kind: str) -> ir.Value:
+    """``_prop`` where the JSON is text (the Parquet export read by Spark): the value as
+    ``get_json_object`` gives it, read as a number like the condition compiler does (Ibis'
+    JSON unwrapping would run a Python UDF that fails on text that is not JSON), and a
+    casting that cannot fail (Spark's casts are strict)."""
+    from rapport.conditions.to_ibis import as_json, as_number, json_text
+
+    text = json_text(as_json(events.properties)[name], spark=True)
+    from_json = as_number(text) if kind == "float64" else text
+    column = f"prop_{name}"
+    if column not in events.columns:
+        return from_json
+    typed = events[column]
+    if kind == "float64" and not typed.type().is_numeric():
+        return ibis.coalesce(as_number(typed.cast("string")), from_json)
+    return ibis.coalesce(typed.cast(kind), from_json)
+
+
 def _days_between(later: ir.TimestampValue | datetime, earlier: ir.TimestampValue) -> ir.Value:
+    """Days as a double (Spark reads the literal ``86400.0`` as a decimal: its quotient would
+    be rounded to a few places, and RFM's quintiles would see ties DuckDB does not)."""
     later_expr = ibis.literal(later) if isinstance(later, datetime) else later
-    return (later_expr.epoch_seconds() - earlier.epoch_seconds()) / DAY
+    return (later_expr.epoch_seconds() - earlier.epoch_seconds()).cast("float64") / DAY
 
 
 def features(con: Backend, as_of: datetime, spec: FeatureSpec | None = None) -> ir.Table:
@@ -241,7 +264,10 @@ class Frame:
 
 
 def load_features(ws: Workspace, as_of: datetime, spec: FeatureSpec | None = None) -> Frame:
-    with ws.warehouse.connect() as con:
+    """``features`` computed where ``warehouse_backend`` reads (DuckDB or Spark)."""
+    from rapport.warehouse.spark import reader
+
+    with reader(ws).connect() as con:
         return Frame.from_arrow(features(con, as_of, spec).to_pyarrow())
 
 
@@ -597,8 +623,10 @@ def category_preference(
 
 
 def run_category_preference(ws: Workspace, definition: dict[str, Any], as_of: datetime) -> Result:
+    from rapport.warehouse.spark import reader
+
     spec = FeatureSpec.from_definition(definition)
-    with ws.warehouse.connect() as con:
+    with reader(ws).connect() as con:
         table = category_preference(
             con,
             as_of,

@@ -1,12 +1,17 @@
 """The warehouse on Spark: the Parquet tables of ``rapport.warehouse.parquet`` as Spark views,
 reached through Ibis' PySpark backend with the same ``connect()`` contract as ``Warehouse``.
 
-``warehouse_backend = "spark"`` makes tags, audiences and offline lead rules *read* here: the
-compiled Ibis expressions (``rapport.conditions.to_ibis``, the rollup tags, the attribute
-and statistical tags) run on Spark unchanged; their results (tag values, audience members,
-lead candidates) are collected as Arrow and written where the rest of the product reads
-them (DuckDB ``tag_values`` / ``tag_history``, the bitmap index, the metadata DB), so the
-console works as before. ``reader(ws)`` is the one switch.
+``warehouse_backend = "spark"`` makes tags (mined ones' features included), audiences,
+segmentations, the lifecycle and offline lead rules *read* here: the compiled Ibis
+expressions (``rapport.conditions.to_ibis``, the rollup tags, the attribute and statistical
+tags, ``mined.features``, ``lifecycle.compute_stages``) run on Spark unchanged; their results
+(tag values, audience and segment members, lead candidates) are collected as Arrow and
+written where the rest of the product reads them (DuckDB ``tag_values`` / ``tag_history`` /
+``segment_members``, the bitmap index, the metadata DB), so the console works as before.
+``reader(ws)`` is the one switch.
+
+``person_daily`` is Spark's own (``refresh_rollups``): partitioned by day and rebuilt only
+for the days the export rewrote, after the fingerprints in ``ROLLUPS_MANIFEST``.
 
 One Spark session per process (``session``): starting a JVM costs seconds. The views are
 re-registered when an export rewrote the files (its manifest changed), since Spark caches a
@@ -15,11 +20,16 @@ directory's file list.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +47,8 @@ if TYPE_CHECKING:
 
 BACKENDS = ("duckdb", "spark")
 ROLLUPS = "person_daily"
+#: beside the tables: the export fingerprints of the days ``person_daily`` was built from
+ROLLUPS_MANIFEST = "_rapport_person_daily.json"
 _LOCK = threading.Lock()
 _SESSION: Any = None
 _VIEWS: dict[str, tuple[str, float]] = {}  # view -> (path, manifest stamp) registered
@@ -138,15 +150,23 @@ class SparkWarehouse:
         with _LOCK:
             for name in names:
                 path = self.root / name
-                if not path.exists():
+                if not path.exists() or (name == ROLLUPS and not _has_files(path)):
                     continue
                 key = str(path)
-                # rollups are rewritten by Spark itself (build_rollups), not by an export
-                mark = path.stat().st_mtime if name == ROLLUPS else stamp
+                # rollups are rewritten by Spark itself (refresh_rollups), not by an export
+                mark = _rollups_stamp(self.root) if name == ROLLUPS else stamp
                 if _VIEWS.get(name) == (key, mark):
                     continue
                 spark.read.parquet(key).createOrReplaceTempView(name)
                 _VIEWS[name] = (key, mark)
+
+
+def _rollups_stamp(root: Path) -> float:
+    """When ``person_daily`` was last built (its manifest is written after the files)."""
+    try:
+        return (root / ROLLUPS_MANIFEST).stat().st_mtime_ns / 1e9
+    except FileNotFoundError:
+        return (root / ROLLUPS).stat().st_mtime
 
 
 def reader(ws: Workspace) -> Warehouse | SparkWarehouse:
@@ -192,32 +212,123 @@ def to_duckdb(con: BaseBackend, name: str, expr: ir.Table) -> ir.Table:
 
 
 # -- rollups on Spark ---------------------------------------------------------------------------
-def build_rollups(ws: Workspace) -> int:
-    """``person_daily`` rebuilt by Spark from the exported events (the same Ibis aggregate as
-    ``rollups.refresh``; always in full) and written as Parquet; its rows."""
+@dataclass
+class RollupBuild:
+    """What ``refresh_rollups`` did: the days it rebuilt and removed, and the table's rows."""
+
+    full: bool
+    days_built: list[str] = field(default_factory=list)
+    days_removed: list[str] = field(default_factory=list)
+    days_unchanged: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_rollups_manifest(root: Path) -> dict[str, Any]:
+    """What the last ``refresh_rollups`` built from (``ROLLUPS_MANIFEST``); {} before the first."""
+    try:
+        return dict(json.loads((root / ROLLUPS_MANIFEST).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return {}
+
+
+def build_rollups(ws: Workspace, *, full: bool = False) -> int:
+    """``person_daily`` brought up to date by Spark (``refresh_rollups``); its rows."""
+    return refresh_rollups(ws, full=full).rows
+
+
+def refresh_rollups(ws: Workspace, *, full: bool = False) -> RollupBuild:
+    """``person_daily`` from the exported events (the same Ibis aggregate as
+    ``rollups.refresh``), written as Parquet partitioned by day, **incremental by day**.
+
+    A day's rollup rows depend on that day's events alone, and the export fingerprints every
+    day's events (count and a hash of each event id and person_key, so identity merges and
+    erasures change it: ``rollups.resolved_events`` takes the person from the event row,
+    which resolution re-keys in place). So a build rewrites only the days whose fingerprint
+    differs from the one it last built from (dynamic partition overwrite) and drops the days
+    the export dropped; it rebuilds everything on the first build, when the numeric property
+    columns or the exported event columns changed, or with ``full``."""
     from rapport.tags import rollups
 
-    props = rollups.numeric_properties(ws)
+    started = time.perf_counter()
     wh = SparkWarehouse(ws.settings)
     target = wh.root / ROLLUPS
+    exported = parquet.read_manifest(wh.root)  # before reading the events (see the doc above)
+    prints: dict[str, list[int]] = exported.get("days", {})
+    built = read_rollups_manifest(wh.root)
     with wh.connect() as con:
         events = con.table("events")
-        props = [p for p in props if f"prop_{p}" in events.columns]
-        daily = rollups.aggregate(rollups.resolved_events(con), props)
-        daily = daily.select(
-            person_key=daily.person_key.cast("int64"),
-            day=daily.day.cast("date"),
-            event=daily.event,
-            n=daily.n.cast("int64"),
-            **{rollups.sum_column(p): daily[rollups.sum_column(p)].cast("float64") for p in props},
+        props = [p for p in rollups.numeric_properties(ws) if f"prop_{p}" in events.columns]
+        full = (
+            full
+            or not built
+            or not target.is_dir()
+            or built.get("props") != props
+            or built.get("events_columns") != exported.get("events_columns")
         )
+        before: dict[str, list[int]] = {} if full else built.get("days", {})
+        days = sorted(d for d, fp in prints.items() if before.get(d) != fp)
+        removed = sorted(set(before) - set(prints))
+        report = RollupBuild(full, days, removed, len(prints) - len(days))
         spark = wh.session()
-        df = spark.sql(con.compile(daily))
-        df.write.mode("overwrite").parquet(str(target))
+        # a rebuilt day without resolved events writes nothing, so its old rows go first
+        for day in [] if full else [*days, *removed]:
+            shutil.rmtree(target / f"day={day}", ignore_errors=True)
+        if full or days:
+            source = rollups.resolved_events(con)
+            if not full:  # the rewritten days only (Spark prunes the other day directories)
+                source = source.filter(source.day.isin([date.fromisoformat(d) for d in days]))
+            daily = rollups.aggregate(source, props)
+            daily = daily.select(
+                person_key=daily.person_key.cast("int64"),
+                day=daily.day.cast("date"),
+                event=daily.event,
+                n=daily.n.cast("int64"),
+                **{
+                    rollups.sum_column(p): daily[rollups.sum_column(p)].cast("float64")
+                    for p in props
+                },
+            )
+            # one task per day: a file per day, not one per task and day
+            df = spark.sql(con.compile(daily)).repartition("day")
+            (
+                df.write.mode("overwrite")
+                .option("partitionOverwriteMode", "static" if full else "dynamic")
+                .partitionBy("day")
+                .parquet(str(target))
+            )
+        target.mkdir(parents=True, exist_ok=True)
+        _write_json(
+            wh.root / ROLLUPS_MANIFEST,
+            {
+                "built_at": datetime.now(UTC).isoformat(),
+                "last": {"full": full, "days_built": len(days), "days_removed": len(removed)},
+                "props": props,
+                "events_columns": exported.get("events_columns"),
+                "days": prints,
+            },
+        )
         with _LOCK:
             _VIEWS.pop(ROLLUPS, None)
+        if not _has_files(target):  # every day dropped: no view over files that are gone
+            spark.catalog.dropTempView(ROLLUPS)
         wh._register(spark)
-        return int(spark.table(ROLLUPS).count())
+        report.rows = int(spark.table(ROLLUPS).count()) if _has_files(target) else 0
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _has_files(path: Path) -> bool:
+    return any(path.glob("day=*/*.parquet"))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=0), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def forget() -> None:
