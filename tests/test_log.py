@@ -12,6 +12,10 @@ import pytest
 from rapport.log import EventLog, LogOverloaded, LogRecord
 from rapport.settings import load_settings
 
+pytestmark = pytest.mark.embedded_only(
+    "the SQLite event log; tests/test_log_jetstream.py runs these tests on JetStream"
+)
+
 
 def rec(message_id: str, event: str = "view_product", source: str = "web") -> LogRecord:
     return LogRecord(
@@ -102,12 +106,15 @@ def test_log_survives_reopen(settings):
     again.close()
 
 
-def test_a_dead_writer_process_refuses_instead_of_acknowledging(settings):
+def test_a_dead_writer_process_refuses_instead_of_acknowledging_then_is_replaced(settings):
     log = EventLog.open(replace(settings, log_writer_process=True))
     assert log.append_many([rec("a")]) == [1]
-    log._writer_store.proc.kill()  # type: ignore[attr-defined]
-    log._writer_store.proc.wait()  # type: ignore[attr-defined]
+    dead = log._writer_store.proc  # type: ignore[attr-defined]
+    dead.kill()
+    dead.wait()
     with pytest.raises(RuntimeError, match="writer process has stopped"):
         log.append_many([rec("b")])
+    assert log.append_many([rec("b")]) == [2]  # the sender's retry: a new writer took it
+    assert log._writer_store.proc.pid != dead.pid  # type: ignore[attr-defined]
     log.close()
-    assert EventLog.open(settings).count() == 1
+    assert EventLog.open(settings).count() == 2

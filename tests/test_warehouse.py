@@ -42,6 +42,18 @@ class FakeLog:
         return [r for r in self.records if r[0] > after][:limit]
 
 
+def test_a_pass_loads_up_to_its_limit_and_the_next_goes_on(tmp_path):
+    """A backlog is loaded a bounded slice at a time (the follower's memory stays that of a
+    normal pass), in order, nothing skipped."""
+    wh = Warehouse(tmp_path / "wh.duckdb")
+    log = FakeLog([_record(i) for i in range(25)])
+    assert wh.load_from_log(log, batch=4, limit=10) == 12  # whole batches
+    assert wh.log_offset() == 12
+    assert wh.load_from_log(log, batch=4, limit=10) == 12
+    assert wh.load_from_log(log, batch=4, limit=10) == 1
+    assert wh.count_events() == 25
+
+
 def test_load_from_log_is_idempotent_and_resumable(tmp_path):
     wh = Warehouse(tmp_path / "wh.duckdb")
     log = FakeLog([_record(i) for i in range(25)])

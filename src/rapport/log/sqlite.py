@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -37,6 +38,8 @@ from rapport.log.records import LogRecord
 
 if TYPE_CHECKING:
     from rapport.settings import Settings
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -194,8 +197,9 @@ class _ProcessWriter:
 
     Each group commit crosses the child's stdin as one length-prefixed msgpack frame and its
     offsets come back on stdout after the child's COMMIT: the acknowledgement still follows
-    durability. If the child dies, the callers get an error (no acknowledgement), never a lost
-    event; if the parent dies, the child reads EOF and exits.
+    durability. If the child dies, the callers of that commit get an error (no acknowledgement),
+    never a lost event, and the next commit starts a new child; if the parent dies, the child
+    reads EOF and exits.
     """
 
     def __init__(self, path: Path) -> None:
@@ -360,13 +364,22 @@ class SQLiteEventLog(EventLog):
             return batch
 
     def _write_loop(self) -> None:
-        store = _ProcessWriter(self.path) if self.writer_process else _ThreadWriter(self.path)
-        self._writer_store = store
+        store = self._open_store()
         try:
             while (batch := self._take()) is not None:
                 self._write(store, batch)
+                if isinstance(store, _ProcessWriter) and store.proc.poll() is not None:
+                    # its batch was refused (the senders retry); the next goes to a new child
+                    log.warning("the event log's writer process died (%s)", store.proc.returncode)
+                    store.close()
+                    store = self._open_store()
         finally:
             store.close()
+
+    def _open_store(self) -> _Writer:
+        store = _ProcessWriter(self.path) if self.writer_process else _ThreadWriter(self.path)
+        self._writer_store = store
+        return store
 
     @staticmethod
     def _write(store: _Writer, batch: list[tuple[Sequence[LogRecord], Done]]) -> None:

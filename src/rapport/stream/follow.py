@@ -19,14 +19,20 @@ from rapport.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
+#: records a pass loads at most: after a backlog (a restart, a burst) the pass's identity and
+#: stream work, and its memory, stay those of a normal pass; the next pass starts at once
+PASS_RECORDS = 100_000
+
+
 def one_pass(ws: Workspace, wait: float = 1.0) -> int:
-    """Load what the log holds beyond the warehouse's offset, resolve pending records
-    (events just loaded, and slices/events of imports run meanwhile), then run the stream
-    rules over the events that now have a person; the records loaded."""
+    """Load what the log holds beyond the warehouse's offset (up to ``PASS_RECORDS``),
+    resolve pending records (events just loaded, and slices/events of imports run
+    meanwhile), then run the stream rules over the events that now have a person; the
+    records loaded."""
     from rapport.identity.resolve import resolve_pending
     from rapport.stream.engine import run_pass
 
-    loaded = ws.warehouse.load_from_log(ws.log, wait=wait)
+    loaded = ws.warehouse.load_from_log(ws.log, wait=wait, limit=PASS_RECORDS)
     report = resolve_pending(ws)
     stats = run_pass(ws, loaded)  # stage 2: rules kept current per event (audiences)
     _count(loaded, report.records, report.merges, stats.events, stats.judged, stats.outputs)

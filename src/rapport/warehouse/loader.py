@@ -88,7 +88,9 @@ def events_from_log(raw: ir.Table, prop_types: dict[str, str]) -> ir.Table:
     return raw.select(**columns)
 
 
-def load_from_log(wh: Warehouse, log: _Log, batch: int = 50_000, wait: float = 30.0) -> int:
+def load_from_log(
+    wh: Warehouse, log: _Log, batch: int = 50_000, wait: float = 30.0, limit: int | None = None
+) -> int:
     loaded = 0
     with wh.connect(wait=wait) as con:
         # every typed column, declared now or once: each must hold its property for every
@@ -107,6 +109,6 @@ def load_from_log(wh: Warehouse, log: _Log, batch: int = 50_000, wait: float = 3
                 offset = int(records[-1][0])
                 wh.set_state(con, OFFSET_KEY, str(offset))
             loaded += len(records)
-            if len(records) < batch:
+            if len(records) < batch or (limit is not None and loaded >= limit):
                 break
     return loaded

@@ -240,11 +240,14 @@ class Warehouse:
         con.upsert("warehouse_state", ibis.memtable({"key": [key], "value": [value]}), on="key")
 
     # -- loading --------------------------------------------------------------------------
-    def load_from_log(self, log: Any, batch: int = 50_000, wait: float = 30.0) -> int:
-        """Append the log's records after the stored offset; returns how many were loaded."""
+    def load_from_log(
+        self, log: Any, batch: int = 50_000, wait: float = 30.0, limit: int | None = None
+    ) -> int:
+        """Append the log's records after the stored offset (at most about ``limit``: whole
+        batches); returns how many were loaded."""
         from rapport.warehouse.loader import load_from_log
 
-        return load_from_log(self, log, batch, wait)
+        return load_from_log(self, log, batch, wait, limit)
 
     def log_offset(self) -> int:
         with self.connect() as con:

@@ -117,9 +117,13 @@ def _load_once(app: FastAPI) -> int:
 async def _loader(app: FastAPI, stopping: asyncio.Event) -> None:
     """Every LOAD_INTERVAL s, move new log records into the warehouse (in a thread)."""
     state: LoaderStatus = app.state.warehouse_loader
+    from rapport.stream.follow import PASS_RECORDS
+
     while not stopping.is_set():
+        loaded = 0
         try:
-            state.loaded += await asyncio.to_thread(_load_once, app)
+            loaded = await asyncio.to_thread(_load_once, app)
+            state.loaded += loaded
             state.last_error = None
         except WarehouseBusy as exc:  # a CLI import holds the file: try again next pass
             state.last_error = str(exc)
@@ -127,6 +131,8 @@ async def _loader(app: FastAPI, stopping: asyncio.Event) -> None:
             state.last_error = repr(exc)
             log.exception("warehouse loader pass failed")
         state.passes += 1
+        if loaded >= PASS_RECORDS:  # a full pass: more is waiting
+            continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), LOAD_INTERVAL)
 
