@@ -17,6 +17,7 @@ from sqlalchemy import Engine, func, or_, select
 from rapport.accounts import Role
 from rapport.db.tables import audit_log
 from rapport.web.auth import Principal, require
+from rapport.web.params import MAX_OFFSET
 
 router = APIRouter(prefix="/api/audit", tags=["audit"])
 
@@ -100,7 +101,7 @@ def api_query(
     action: str | None = Query(None, description="an action (token.rotate) or its family (token)"),
     since: datetime | None = Query(None, description="ISO-8601; UTC if no offset"),
     limit: int = Query(100, ge=1, le=MAX_LIMIT),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     _: Principal = Depends(require(Role.admin)),
 ) -> list[AuditEntry]:
     """The audit log, newest first."""

@@ -23,6 +23,7 @@ from rapport.delivery import calllist, channels, http, outbox
 from rapport.delivery.adapters import adapter_for
 from rapport.delivery.errors import DeliveryError
 from rapport.web.auth import Principal, redactor, require
+from rapport.web.params import MAX_OFFSET
 
 router = APIRouter(prefix="/api/delivery", tags=["delivery"])
 EDIT = require(Role.marketer)
@@ -182,7 +183,7 @@ async def list_messages(
     origin: str | None = Query(None, description="a prefix, e.g. lead: or lead:42"),
     person_key: int | None = None,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     _: Principal = Depends(require()),
 ) -> list[dict[str, Any]]:
     """The delivery log, newest first (payloads masked for roles that may not see PII)."""

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from rapport.log import LogRecord
 from rapport.web.auth import Principal, redactor, require
+from rapport.web.params import MAX_OFFSET
 
 router = APIRouter(prefix="/api/events", tags=["events"])
 
@@ -36,7 +37,9 @@ def event_json(
 @router.get("/tail")
 def tail(
     request: Request,
-    after: int | None = Query(None, ge=0, description="only events after this offset"),
+    after: int | None = Query(
+        None, ge=0, le=MAX_OFFSET, description="only events after this offset"
+    ),
     limit: int = Query(50, ge=1, le=1000),
     _: Principal = Depends(require()),
 ) -> dict[str, Any]:

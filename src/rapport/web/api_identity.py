@@ -19,6 +19,7 @@ from rapport.identity import matching
 from rapport.identity.resolve import block
 from rapport.ingest.normalize import InvalidValue
 from rapport.web.auth import Principal, require
+from rapport.web.params import MAX_OFFSET
 
 router = APIRouter(prefix="/api/identity", tags=["identity"])
 
@@ -243,7 +244,7 @@ def list_candidates(
         "pending", alias="status", description="pending | accepted | rejected | all"
     ),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     who: Principal = Depends(require()),
 ) -> dict[str, Any]:
     """Match candidates, most probable first, with the compared values and agreement levels."""

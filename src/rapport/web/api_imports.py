@@ -18,6 +18,7 @@ from rapport.ingest.mapping import MappingError
 from rapport.ingest.quality import quality_report
 from rapport.warehouse import WarehouseBusy
 from rapport.web.auth import Principal, require
+from rapport.web.params import MAX_OFFSET
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["imports"])
@@ -77,7 +78,7 @@ async def list_runs(
     request: Request,
     source: str | None = None,
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     _: Principal = Depends(require()),
 ) -> list[dict]:
     return importer.list_runs(request.app.state.ws.db, source, limit, offset)

@@ -25,6 +25,7 @@ from rapport.catalog.pii import mask, pii_fields
 from rapport.conditions.validate import context
 from rapport.leads import records, routing, rules
 from rapport.web.auth import Principal, require
+from rapport.web.params import MAX_OFFSET
 
 router = APIRouter(prefix="/api/leads", tags=["leads"])
 RULE_EDITORS = (Role.marketer,)  # and admins
@@ -390,7 +391,7 @@ def list_leads(
     until: datetime | None = Query(None, description="created before"),
     person: int | None = Query(None, description="a person's id"),
     limit: int = Query(50, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     who: Principal = Depends(require(*READERS)),
 ) -> dict[str, Any]:
     """Leads newest first, filtered and paged."""

@@ -21,6 +21,7 @@ from rapport.identity import profile
 from rapport.ingest.normalize import InvalidValue
 from rapport.warehouse import WarehouseBusy
 from rapport.web.auth import Principal, require
+from rapport.web.params import MAX_OFFSET
 
 router = APIRouter(prefix="/api/persons", tags=["persons"])
 
@@ -123,7 +124,7 @@ def get_events(
     start: datetime | None = Query(None, description="from (inclusive), ISO-8601; UTC if naive"),
     end: datetime | None = Query(None, description="to (exclusive), ISO-8601; UTC if naive"),
     limit: int = Query(50, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     who: Principal = Depends(require()),
 ) -> dict[str, Any] | Response:
     """The person's events, newest first, filtered and paged."""

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from rapport.accounts import Role, audit
 from rapport.ingest import quarantine
 from rapport.web.auth import Principal, require
+from rapport.web.params import MAX_OFFSET
 
 router = APIRouter(prefix="/api/quarantine", tags=["quarantine"])
 
@@ -34,7 +35,7 @@ def list_quarantine(
     reason: str | None = None,
     status_: str = Query("open", alias="status", description="open | replayed | discarded | all"),
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
     _: Principal = Depends(require()),
 ) -> dict[str, Any]:
     db = request.app.state.ws.db
