@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 RAPPORT := $(VENV)/bin/rapport
 PERSONS ?= 100000
 
-.PHONY: demo test test-long lint bench install assets browser clean
+.PHONY: demo test test-cluster test-long lint bench install assets browser clean
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -36,6 +36,12 @@ lint: $(VENV)/.synced
 test: install browser lint
 	$(VENV)/bin/pytest
 	$(VENV)/bin/pytest -m spark tests/test_conditions_spark.py tests/test_warehouse_spark.py  # PySpark (~6 min)
+
+## The suite again on the cluster profile's stores (issue 7): a PostgreSQL database and a
+## JetStream event log per workspace, DuckDB as the warehouse (Spark: `make test`), no browser
+## tests (docs/operations.md, Cluster).
+test-cluster: install
+	RAPPORT_REQUIRE_SERVICES=1 RAPPORT_TEST_PROFILE=cluster $(VENV)/bin/pytest -m 'not bench and not spark and not long and not browser'
 
 ## Fault, fuzz and soak tests (issue 7): minutes each; .ci/run runs them when time allows.
 test-long: install browser

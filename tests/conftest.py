@@ -1,5 +1,8 @@
 """Shared fixtures: a fresh workspace per test, an in-process client, a real server process,
 and the machine's PostgreSQL / MariaDB (skipped when absent unless RAPPORT_REQUIRE_SERVICES=1).
+
+``RAPPORT_TEST_PROFILE=cluster`` puts the workspaces and servers of these fixtures on the
+cluster profile's stores (``cluster_mode``); tests marked ``embedded_only`` are skipped then.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+import cluster_mode
+from cluster_mode import CLUSTER, PG_URL, STORES
 from rapport import accounts
 from rapport.settings import Settings, load_settings
 from rapport.workspace import Workspace
 
 REQUIRE_SERVICES = os.environ.get("RAPPORT_REQUIRE_SERVICES") == "1"
-PG_URL = os.environ.get("RAPPORT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MARIADB_URL = os.environ.get("RAPPORT_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 
@@ -37,8 +41,40 @@ def service_unavailable(what: str, exc: Exception) -> None:
     pytest.skip(message)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In cluster mode, skip the tests of the embedded stores (with the marker's reason)."""
+    if not CLUSTER:
+        return
+    for item in items:
+        marker = item.get_closest_marker("embedded_only")
+        if marker is not None:
+            why = marker.args[0] if marker.args else "embedded profile only"
+            item.add_marker(pytest.mark.skip(reason=f"embedded only: {why}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cluster_session() -> Iterator[None]:
+    """Cluster mode: drop what modules and the session made (templates included)."""
+    yield
+    if CLUSTER:
+        STORES.drop_after()
+
+
+@pytest.fixture(autouse=True)
+def _cluster_stores() -> Iterator[None]:
+    """Cluster mode: drop the databases and streams this test made (after its fixtures)."""
+    if not CLUSTER:
+        yield
+        return
+    mark = STORES.mark()
+    yield
+    STORES.drop_after(mark)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
+    if CLUSTER:  # a migrated database without users, as a new home is before `init`
+        cluster_mode.write_cluster_home(tmp_path / "home")
     return load_settings(home=tmp_path / "home")
 
 
@@ -47,17 +83,24 @@ def migrated_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated metadata DB and an empty warehouse, made once: a copy per test is ~30x
     faster than migrating each time (modules whose tests only need the stores use it)."""
     home = tmp_path_factory.mktemp("template") / "home"
+    if CLUSTER:
+        cluster_mode.write_cluster_home(home)
     ws = Workspace(load_settings(home=home))
     ws.init()
     with ws.warehouse.connect():
         pass
     ws.close()
+    if CLUSTER:
+        cluster_mode.seal_home(home)
     return home
 
 
 def copy_home(template: Path, tmp_path: Path, **overrides: object) -> Settings:
-    """Settings of a fresh copy of ``template`` under ``tmp_path``."""
+    """Settings of a fresh copy of ``template`` under ``tmp_path`` (in cluster mode with a
+    copy of its database; ``template``'s workspace must be closed)."""
     shutil.copytree(template, tmp_path / "home")
+    if CLUSTER:
+        cluster_mode.write_cluster_home(tmp_path / "home")
     return load_settings(home=tmp_path / "home", **overrides)
 
 
@@ -153,6 +196,8 @@ class Server:
 def server(tmp_path: Path) -> Iterator[Server]:
     home = tmp_path / "server-home"
     home.mkdir()
+    if CLUSTER:
+        cluster_mode.write_cluster_home(home)
     srv = Server(home=home, port=free_port())
     init = srv.cli("init")
     srv.admin_password = init.split("password:")[1].split()[0] if "password:" in init else ""

@@ -8,7 +8,6 @@ examples per operation) is part of the default suite; ``-m long`` runs many more
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import traceback
 from collections.abc import Iterator
@@ -25,8 +24,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from conftest import copy_home
 from rapport import accounts
-from rapport.settings import load_settings
+from rapport.settings import Settings, load_settings
 from rapport.web.app import create_app
 from rapport.workspace import Workspace
 
@@ -37,8 +37,8 @@ BASE = "http://testserver"
 class Api:
     """One app and admin token shared by every generated request of the module."""
 
-    def __init__(self, home: Path) -> None:
-        self.ws = Workspace(load_settings(home=home))
+    def __init__(self, settings: Settings) -> None:
+        self.ws = Workspace(settings)
         self.ws.init()
         self.app = create_app(workspace=self.ws)
         self.token = accounts.create_token(self.ws.db, accounts.Role.admin, "fuzz")
@@ -47,9 +47,7 @@ class Api:
 
 @pytest.fixture(scope="module")
 def api(migrated_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    home = tmp_path_factory.mktemp("fuzz-api") / "home"
-    shutil.copytree(migrated_home, home)
-    api = Api(home)
+    api = Api(copy_home(migrated_home, tmp_path_factory.mktemp("fuzz-api")))
     with TestClient(api.app, raise_server_exceptions=True) as client:
         api.client = client  # type: ignore[attr-defined]
         yield api

@@ -7,7 +7,6 @@ error, never another exception; templates never reach Python internals and are b
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +16,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from conftest import copy_home
 from rapport.conditions.errors import ConditionError
 from rapport.conditions.text import KEYWORDS, parse
 from rapport.delivery.errors import DeliveryError
 from rapport.delivery.templating import MAX_OUTPUT, MAX_SECONDS, render_json, render_text
 from rapport.ingest import quarantine
 from rapport.ingest.importer import ImportFailed, ImportSpec, run_import
-from rapport.settings import load_settings
 from rapport.workspace import Workspace
 
 QUICK = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -174,9 +173,7 @@ def test_ordinary_templates_still_render() -> None:
 # -- importers ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def import_ws(migrated_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
-    home = tmp_path_factory.mktemp("fuzz-import") / "home"
-    shutil.copytree(migrated_home, home)
-    ws = Workspace(load_settings(home=home))
+    ws = Workspace(copy_home(migrated_home, tmp_path_factory.mktemp("fuzz-import")))
     yield ws
     ws.close()
 

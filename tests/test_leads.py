@@ -7,7 +7,6 @@ one (examples/tracking-plan.yaml), so names are checked as a marketer's would be
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,11 +34,7 @@ T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # a Monday, 10:00 UTC
 @pytest.fixture(scope="module")
 def template_home(tmp_path_factory: pytest.TempPathFactory, migrated_home: Path) -> Path:
     """The example plan, the seed's two tags and an outbound-call channel."""
-    home = tmp_path_factory.mktemp("leads") / "home"
-    shutil.copytree(migrated_home, home)
-    from rapport.settings import load_settings
-
-    ws = Workspace(load_settings(home=home))
+    ws = Workspace(copy_home(migrated_home, tmp_path_factory.mktemp("leads")))
     import_plan(ws.db, PLAN_FILE.read_text(encoding="utf-8"))
     for name in TAGS:
         create_tag(
@@ -52,7 +47,7 @@ def template_home(tmp_path_factory: pytest.TempPathFactory, migrated_home: Path)
         )
     create_channel(ws.db, ChannelSpec(name="outbound_call", kind="call_list"))
     ws.close()
-    return home
+    return ws.settings.home
 
 
 @pytest.fixture

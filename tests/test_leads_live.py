@@ -9,7 +9,6 @@ plus the demo's events), with ``order_paid.item_id`` added for the step-referenc
 from __future__ import annotations
 
 import random
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +27,7 @@ from rapport.ingest.sources import create_source
 from rapport.jobs.runner import run_now
 from rapport.leads import backtest, live, offline, routing, rules
 from rapport.leads.seed import ITEM_TRIGGER, LEAD_TYPE, SEED_RULE, TAGS
-from rapport.settings import Settings, load_settings
+from rapport.settings import Settings
 from rapport.stream import engine
 from rapport.stream.state import EventRec
 from rapport.tags import store as tag_store
@@ -45,9 +44,7 @@ DAY = timedelta(days=1)
 @pytest.fixture(scope="module")
 def template_home(tmp_path_factory: pytest.TempPathFactory, migrated_home: Path) -> Path:
     """The demo's plan, the seed's two tags, the outbound-call channel and its route."""
-    home = tmp_path_factory.mktemp("leads_live") / "home"
-    shutil.copytree(migrated_home, home)
-    ws = Workspace(load_settings(home=home))
+    ws = Workspace(copy_home(migrated_home, tmp_path_factory.mktemp("leads_live")))
     load_plan(ws)
     for name in TAGS:
         create_tag(
@@ -60,7 +57,7 @@ def template_home(tmp_path_factory: pytest.TempPathFactory, migrated_home: Path)
     )
     create_source(ws.db, "web", kind="server")
     ws.close()
-    return home
+    return ws.settings.home
 
 
 @pytest.fixture

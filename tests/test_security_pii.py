@@ -7,13 +7,13 @@ lead through ``fire`` with that person's evidence; the call-list message through
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from conftest import copy_home
 from rapport import accounts
 from rapport.accounts import Role
 from rapport.catalog import import_plan
@@ -24,7 +24,6 @@ from rapport.identity.survivorship import build_profiles
 from rapport.ingest.importer import ImportSpec, run_import
 from rapport.leads import fire, routing, rules
 from rapport.leads.seed import SEED_RULE, TAGS
-from rapport.settings import load_settings
 from rapport.tags.definitions import TagIn, create_tag
 from rapport.workspace import Workspace
 
@@ -45,10 +44,14 @@ PASSWORD = "correct horse battery"
 def world(tmp_path_factory: pytest.TempPathFactory, migrated_home: Path):  # type: ignore[no-untyped-def]
     """The app over a workspace holding the person (0), a lead on them, a waiting call-list
     message and a static audience of them; a signed-in client per role."""
-    home = tmp_path_factory.mktemp("pii") / "home"
-    shutil.copytree(migrated_home, home)
-    ws = Workspace(load_settings(home=home, loader_in_process=False, dispatcher_in_process=False))
-    members = home.parent / "members.csv"
+    settings = copy_home(
+        migrated_home,
+        tmp_path_factory.mktemp("pii"),
+        loader_in_process=False,
+        dispatcher_in_process=False,
+    )
+    ws = Workspace(settings)
+    members = settings.home.parent / "members.csv"
     members.write_text(CSV, encoding="utf-8")
     identifiers = {"member_id": "member_id", "mobile": "mobile", "email": "email"}
     run_import(

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from cluster_mode import write_settings
 from conftest import copy_home, service_unavailable
 from rapport.db.tables import leads
 from rapport.leads import rules
@@ -62,19 +63,24 @@ RULES = [
 ]
 
 
-def _toml(backend: str, stream: str, store: str) -> str:
-    """A rapport.toml, so that the worker subprocesses read the same settings."""
-    return (
-        "[rapport]\n"
-        f'stream_backend = "{backend}"\nnats_url = "{NATS_URL}"\nnats_stream = "{stream}"\n'
-        f'stream_partitions = {PARTITIONS}\nstream_idle_seconds = 0\ncheckpoint_store = "{store}"\n'
+def _write_settings(home: Path, backend: str, stream: str, store: str, **more: object) -> None:
+    """Into the home's rapport.toml, so that the worker subprocesses read the same settings."""
+    write_settings(
+        home,
+        stream_backend=backend,
+        nats_url=NATS_URL,
+        nats_stream=stream,
+        stream_partitions=PARTITIONS,
+        stream_idle_seconds=0,
+        checkpoint_store=store,
+        **more,
     )
 
 
 def _home(migrated_home: Path, tmp_path: Path, backend: str, stream: str, store: str) -> Workspace:
     home = tmp_path / "home"
     copy_home(migrated_home, tmp_path)
-    (home / "rapport.toml").write_text(_toml(backend, stream, store))
+    _write_settings(home, backend, stream, store)
     ws = Workspace(load_settings(home=home))
     from rapport.ingest.sources import create_source
 
@@ -261,8 +267,7 @@ def test_a_worker_on_another_machine_resumes_partitions_from_the_nats_checkpoint
     other = tmp_path / "machine-b"
     other.mkdir()
     settings = scaled.settings
-    toml = _toml("nats", settings.nats_stream, "nats")
-    (other / "rapport.toml").write_text(toml + f'database_url = "{settings.metadata_url}"\n')
+    _write_settings(other, "nats", settings.nats_stream, "nats", database_url=settings.metadata_url)
     every = list(range(PARTITIONS))
     first = start_worker(scaled, every)
     second = None

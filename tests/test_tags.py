@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,9 +12,10 @@ import ibis
 import pyarrow as pa
 import pytest
 
+from conftest import copy_home
 from rapport.accounts import Role
 from rapport.catalog import import_plan
-from rapport.settings import Settings, load_settings
+from rapport.settings import Settings
 from rapport.tags import rollups, store
 from rapport.tags.compute import compute_all, compute_tag, compute_tags
 from rapport.tags.definitions import TagError, TagIn, TagPatch, create_tag, update_tag
@@ -49,22 +49,17 @@ AS_OF = datetime(2024, 6, 30, 12, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def template_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def template_home(tmp_path_factory: pytest.TempPathFactory, migrated_home: Path) -> Path:
     """A migrated metadata DB with the plan and an empty warehouse, made once (copied per test)."""
-    home = tmp_path_factory.mktemp("template") / "home"
-    ws = Workspace(load_settings(home=home))
-    ws.init()
+    ws = Workspace(copy_home(migrated_home, tmp_path_factory.mktemp("template")))
     import_plan(ws.db, PLAN)
-    with ws.warehouse.connect():
-        pass
     ws.close()
-    return home
+    return ws.settings.home
 
 
 @pytest.fixture
 def settings(tmp_path: Path, template_home: Path) -> Settings:
-    shutil.copytree(template_home, tmp_path / "home")
-    return load_settings(home=tmp_path / "home")
+    return copy_home(template_home, tmp_path)
 
 
 def days_ago(n: float, hour: int = 0) -> datetime:

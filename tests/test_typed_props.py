@@ -7,6 +7,7 @@ the JSON (``conditions.reference``: a number may arrive as text, text as a numbe
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -130,3 +131,19 @@ def test_the_loader_types_new_events_the_same_way(workspace: Any) -> None:
         3: (None, "true"),
         4: (None, None),
     }
+
+
+def test_a_writer_waits_for_another_adding_the_same_column(workspace: Any) -> None:
+    """The follower and an importer both add a newly declared column: the one that comes
+    second conflicts until the first commits, then finds the column (no failed pass)."""
+    workspace.log.append_many([_record(1, SENT[1])])
+    assert workspace.warehouse.load_from_log(workspace.log) == 1
+    _declare(workspace)
+    with workspace.warehouse.connect() as first, workspace.warehouse.connect() as second:
+        first.raw_sql("BEGIN TRANSACTION")
+        first.raw_sql('ALTER TABLE events ADD COLUMN "prop_price" DOUBLE')
+        commit = threading.Timer(0.5, first.raw_sql, ["COMMIT"])
+        commit.start()
+        columns = workspace.warehouse.add_prop_columns(second)
+        commit.join()
+    assert {"price", "size"} <= set(columns)

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 
 _OPENING = threading.Lock()
+#: seconds a writer waits for another one adding the same property column
+ADD_COLUMN_WAIT = 60.0
 
 
 class WarehouseBusy(RuntimeError):
@@ -164,20 +166,31 @@ class Warehouse:
         }
         columns = set(con.table("events").columns)
         for name, kind in declared.items():
-            column = layout.prop_column(name)
-            if column not in columns:  # the column and its backfill: both or neither
-                type_sql = DuckDBType.to_string(layout.PLAN_TYPES[kind])
-                try:
-                    with self.transaction(con):
-                        con.raw_sql(
-                            f'ALTER TABLE events ADD COLUMN IF NOT EXISTS "{column}" {type_sql}'
-                        )
-                        self.backfill_prop(con, name, kind)
-                except duckdb.TransactionException:
-                    # another writer (an importer beside the follower) added it first
-                    if column not in con.table("events").columns:
-                        raise
+            if layout.prop_column(name) not in columns:
+                self._add_prop_column(con, name, kind)
         return self.event_prop_columns(con)
+
+    def _add_prop_column(self, con: Backend, name: str, kind: str) -> None:
+        """The column and its backfill: both or neither. Another writer adding it too (an
+        importer beside the follower) holds it in its transaction until it commits: this one
+        conflicts meanwhile and waits for that commit (or its rollback, then adds it)."""
+        column = layout.prop_column(name)
+        type_sql = DuckDBType.to_string(layout.PLAN_TYPES[kind])
+        deadline = time.monotonic() + ADD_COLUMN_WAIT
+        while True:
+            try:
+                with self.transaction(con):
+                    con.raw_sql(
+                        f'ALTER TABLE events ADD COLUMN IF NOT EXISTS "{column}" {type_sql}'
+                    )
+                    self.backfill_prop(con, name, kind)
+                return
+            except duckdb.TransactionException:
+                if column in con.table("events").columns:  # the other writer committed it
+                    return
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def event_prop_columns(self, con: Backend) -> dict[str, str]:
         """Property name -> typed column, as the ``events`` table has them now: the readers'
