@@ -8,9 +8,11 @@ the hot path, making them queryable (with their person) can trail by a second.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import time
+from typing import Any
 
 from rapport import metrics
 from rapport.warehouse.store import WarehouseBusy
@@ -85,5 +87,21 @@ def follow(
         metrics.FOLLOW_PASSES.labels(outcome).inc()
         if loaded:
             metrics.FOLLOW_PASS_SECONDS.observe(time.perf_counter() - started)
-        if not loaded:
+            release_freed_memory()
+        else:
             time.sleep(interval)
+
+
+def release_freed_memory() -> None:
+    """Hand the pages a pass freed back to the system. glibc keeps them in its per-thread
+    arenas otherwise, and across millions of events the fragments add up: the soak saw the
+    follower creep 400 -> 570 MB in 10 minutes (a no-op without glibc)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any
+try:
+    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):  # not glibc
+    _malloc_trim = None
