@@ -191,6 +191,13 @@ def caught_up(ws: Workspace) -> bool:
     return True
 
 
+def feed(ws: Workspace, *batches: list[dict[str, Any]]) -> None:
+    """Send each batch and run a follower pass over it (loads, resolves, publishes to NATS)."""
+    for batch in batches:
+        send(ws, *batch)
+        follow.one_pass(ws)
+
+
 def wait_caught_up(ws: Workspace, procs: list[subprocess.Popen[bytes]]) -> None:
     """Until every partition is checkpointed to its end (60 s at most), the workers alive."""
     deadline = time.monotonic() + 60
@@ -231,8 +238,7 @@ def test_three_workers_one_killed_make_every_lead_exactly_once(pair):
     killed = restarted = None
     try:
         for n, batch in enumerate(batches):
-            send(scaled, *batch)
-            follow.one_pass(scaled)  # loads, resolves, publishes to NATS
+            feed(scaled, batch)
             if n == 3:  # mid-stream: the worker has applied some batches, not all
                 wait_for(lambda: worker.load_checkpoint(scaled.settings, 2) is not None)
                 killed = procs[1]
@@ -242,8 +248,7 @@ def test_three_workers_one_killed_make_every_lead_exactly_once(pair):
                 restarted = start_worker(scaled, WORKERS[1])
                 procs.append(restarted)
         assert killed is not None and killed.returncode == -signal.SIGKILL
-        send(embedded, *(e for batch in batches for e in batch))
-        follow.one_pass(embedded)  # the expected leads: the embedded engine's
+        feed(embedded, [e for batch in batches for e in batch])  # the expected leads
         wait_caught_up(scaled, [p for p in procs if p is not killed])
     finally:
         stop(procs)
@@ -272,22 +277,16 @@ def test_a_worker_on_another_machine_resumes_partitions_from_the_nats_checkpoint
     first = start_worker(scaled, every)
     second = None
     try:
-        for batch in batches[:3]:
-            send(scaled, *batch)
-            follow.one_pass(scaled)
+        feed(scaled, *batches[:3])
         wait_caught_up(scaled, [first])  # every partition's checkpoint is in NATS
         made = len(lead_rows(scaled))
-        send(scaled, *batches[3])
-        follow.one_pass(scaled)
+        feed(scaled, batches[3])
         wait_for(lambda: len(lead_rows(scaled)) > made, 90)  # leads made after the checkpoints...
         first.send_signal(signal.SIGKILL)  # ...then A dies
         first.wait(10)
         second = start_worker(scaled, every, home=other)
-        for batch in batches[4:]:
-            send(scaled, *batch)
-            follow.one_pass(scaled)
-        send(embedded, *(e for batch in batches for e in batch))
-        follow.one_pass(embedded)
+        feed(scaled, *batches[4:])
+        feed(embedded, [e for batch in batches for e in batch])
         wait_caught_up(scaled, [second])
     finally:
         stop([first] + ([second] if second else []))
@@ -334,9 +333,7 @@ def test_a_corrupt_checkpoint_is_never_loaded_its_partition_is_replayed_from_the
     every = list(range(PARTITIONS))
     first = start_worker(scaled, every)
     try:
-        for batch in batches[:2]:
-            send(scaled, *batch)
-            follow.one_pass(scaled)
+        feed(scaled, *batches[:2])
         wait_caught_up(scaled, [first])
     finally:
         stop([first])
@@ -345,11 +342,8 @@ def test_a_corrupt_checkpoint_is_never_loaded_its_partition_is_replayed_from_the
     assert worker.load_checkpoint(scaled.settings, 0) is not None  # ...unlike the others
     second = start_worker(scaled, every)
     try:
-        for batch in batches[2:]:
-            send(scaled, *batch)
-            follow.one_pass(scaled)
-        send(embedded, *(e for batch in batches for e in batch))
-        follow.one_pass(embedded)
+        feed(scaled, *batches[2:])
+        feed(embedded, [e for batch in batches for e in batch])
         wait_caught_up(scaled, [second])
     finally:
         stop([second])
@@ -423,8 +417,7 @@ def test_a_worker_refuses_a_partition_that_does_not_exist(pair):
 
 def test_a_republish_after_a_crash_is_deduplicated_by_jetstream(pair):
     _, scaled = pair
-    send(scaled, *events(seed=1, persons=20, batches=1, per_batch=50)[0])
-    follow.one_pass(scaled)
+    feed(scaled, events(seed=1, persons=20, batches=1, per_batch=50)[0])
 
     async def count() -> int:
         nc, js = await natslog.connect(scaled.settings.nats_url)
@@ -452,13 +445,7 @@ def run_workers(ws: Workspace, groups: list[list[int]], steps: list[Any]) -> Non
             step(ws)
         wait_caught_up(ws, procs)
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
 
 
 @pytest.fixture
@@ -557,8 +544,7 @@ def test_rules_read_tags_and_attributes_in_a_worker_and_later_changes(seeded):
     keys: list[int] = []
 
     def people(ws: Workspace) -> None:
-        send(ws, *logins)
-        follow.one_pass(ws)
+        feed(ws, logins)
         keys[:] = [person(ws, a) for a in ("a1", "a2", "a3")]
         tag(ws, keys[:2])  # a1, a2 are high-value; a3 is not
         city(ws, T0 - timedelta(hours=1), a1="Shanghai", a3="Beijing")
@@ -613,8 +599,7 @@ def test_a_merge_across_partitions_completes_a_sequence_once_in_the_survivors_wo
 
     def step(*msgs: dict[str, Any]) -> Any:
         def run(ws: Workspace) -> None:
-            send(ws, *msgs)
-            follow.one_pass(ws)
+            feed(ws, list(msgs))
 
         return run
 
@@ -650,8 +635,7 @@ def test_a_merge_across_partitions_completes_a_sequence_once_in_the_survivors_wo
 def test_profiles_and_merges_republished_after_a_crash_are_deduplicated(seeded):
     _, scaled = seeded
     wh, minute = scaled.warehouse, timedelta(minutes=1)
-    send(scaled, *(track(a, "login", T0) for a in ("a1", "b1", "c1")))
-    follow.one_pass(scaled)
+    feed(scaled, [track(a, "login", T0) for a in ("a1", "b1", "c1")])
     tag(scaled, [person(scaled, "a1"), person(scaled, "c1")])
     keys = (partitions.OFFSET_KEY, partitions.MERGE_KEY, partitions.ROUND_KEY)
     with wh.connect() as con:  # the publisher's checkpoint before the pass
