@@ -340,6 +340,26 @@ def test_tags_are_the_same_computed_on_spark(on):
             assert last[0]["distribution"] == last[1]["distribution"]
 
 
+def test_a_spark_result_reaches_duckdb_as_parquet_even_an_empty_one(on):
+    """Spark's results are handed to DuckDB as Parquet files (a large one would exceed the
+    driver's collect limit), which are gone afterwards; an empty result keeps its columns."""
+    from rapport.warehouse import spark
+
+    ws = on["spark"]
+    with ws.warehouse.connect() as con, spark.reading(ws, con) as reads:
+        events = reads.table("events")
+        orders = events.filter(events.event == "order_paid").select("person_key", "event_id")
+        got = spark.to_duckdb(ws.settings, con, "_handoff", orders).to_pyarrow()
+        assert got.num_rows == orders.count().to_pyarrow().as_py() > 0
+        assert got.column_names == ["person_key", "event_id"]
+        none = spark.to_duckdb(
+            ws.settings, con, "_handoff", orders.filter(orders.event_id == "none")
+        )
+        assert none.count().to_pyarrow().as_py() == 0
+        assert list(none.columns) == got.column_names
+    assert not any((Path(ws.settings.spark_dir) / "_results").iterdir())
+
+
 def test_audiences_have_the_same_members_on_spark(on):
     from rapport.segments import audiences, bitmaps
     from rapport.segments.store import members

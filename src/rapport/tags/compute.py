@@ -358,7 +358,7 @@ def _compute_rollup_tags(
                     persons = scope.select("person_key").distinct()
             values = rollup_tags.values(reads, defs, at, persons)
             if on_spark:
-                values = spark.to_duckdb(con, _SPARK_VALUES, values)
+                values = spark.to_duckdb(ws.settings, con, _SPARK_VALUES, values)
             written = store.replace_many(
                 ws,
                 con,

@@ -26,6 +26,7 @@ import shutil
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -95,6 +96,8 @@ def session(settings: Settings) -> Any:
             # on one machine, a few shuffle partitions per core (Spark's 200 are for clusters)
             .config("spark.sql.shuffle.partitions", str(4 * cores) if cores else "200")
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            # results handed to DuckDB as Parquet (``to_duckdb``): standard timestamps, not INT96
+            .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
             .config("spark.sql.warehouse.dir", str(home / "_catalog"))
             .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={home / '_catalog'}")
         )
@@ -205,10 +208,23 @@ def drop_temp(con: BaseBackend, name: str) -> None:
     con.drop_table(name, force=True)  # type: ignore[attr-defined]
 
 
-def to_duckdb(con: BaseBackend, name: str, expr: ir.Table) -> ir.Table:
+def to_duckdb(settings: Settings, con: BaseBackend, name: str, expr: ir.Table) -> ir.Table:
     """Spark's result of ``expr`` as a DuckDB temp table of ``con``: results are written
-    where the product reads them."""
-    return con.create_table(name, expr.to_pyarrow(), temp=True, overwrite=True)  # type: ignore[attr-defined]
+    where the product reads them.
+
+    Spark writes the result as Parquet beside the tables it reads and DuckDB reads the files,
+    so a large result never passes through Spark's driver: collected, the 50 tags of 1 M
+    persons (~50 M rows) exceed its 1 GB result limit (``spark.driver.maxResultSize``)."""
+    out = Path(settings.spark_dir) / "_results" / f"{name}-{uuid.uuid4().hex}"
+    try:
+        expr.to_parquet(out)
+        if not any(out.glob("*.parquet")):  # an empty result may have no file, hence no schema
+            return con.create_table(name, expr.to_pyarrow(), temp=True, overwrite=True)  # type: ignore[attr-defined]
+        glob = str(out / "*.parquet").replace("'", "''")
+        con.raw_sql(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM read_parquet('{glob}')")  # type: ignore[attr-defined]
+        return con.table(name)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 # -- rollups on Spark ---------------------------------------------------------------------------
