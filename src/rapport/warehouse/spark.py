@@ -5,8 +5,9 @@ reached through Ibis' PySpark backend with the same ``connect()`` contract as ``
 segmentations, the lifecycle and offline lead rules *read* here: the compiled Ibis
 expressions (``rapport.conditions.to_ibis``, the rollup tags, the attribute and statistical
 tags, ``mined.features``, ``lifecycle.compute_stages``) run on Spark unchanged; their results
-(tag values, audience and segment members, lead candidates) are collected as Arrow and
-written where the rest of the product reads them (DuckDB ``tag_values`` / ``tag_history`` /
+(tag values, audience and segment members, lead candidates) are collected as Arrow (tag
+values, the large one, as Parquet: ``to_duckdb``) and written where the rest of the product
+reads them (DuckDB ``tag_values`` / ``tag_history`` /
 ``segment_members``, the bitmap index, the metadata DB), so the console works as before.
 ``reader(ws)`` is the one switch.
 
