@@ -33,7 +33,7 @@ lint: $(VENV)/.synced
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 
-## The suite in TEST_WORKERS processes (pytest-xdist): on 2 cores 14 minutes instead of 22.
+## The suite in TEST_WORKERS processes (pytest-xdist): on 2 cores 13-14 minutes instead of 22.
 TEST_WORKERS ?= 2
 test: install browser lint
 	$(VENV)/bin/pytest -n $(TEST_WORKERS)
