@@ -117,7 +117,7 @@ def cli(
         return
     from rapport.cli import serve
 
-    serve(host=host, port=port)
+    serve(host=host, port=port, role="all", children_metrics=0)  # a plain call: no Typer defaults
 
 
 def _summary(console: Console, files: DemoFiles, report: LoadReport) -> None:
