@@ -135,6 +135,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_serving(proc: subprocess.Popen[bytes], url: str, seconds: float, log: Path) -> None:
+    """Until ``url`` answers 200 (``proc`` alive; its ``log`` is the error if it died)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(log.read_text())
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer in {seconds:.0f} s")
+
+
 @dataclass
 class Server:
     """A real ``rapport serve`` process on a free port with its own RAPPORT_HOME."""
@@ -175,16 +190,7 @@ class Server:
             stdout=subprocess.DEVNULL,
             stderr=open(self.home / "server.log", "ab"),  # noqa: SIM115
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError((self.home / "server.log").read_text())
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise TimeoutError("server did not start")
+        wait_serving(self.proc, self.url + "/healthz", 60, self.home / "server.log")
 
     def stop(self, sig: int = 15) -> None:
         if self.proc and self.proc.poll() is None:

@@ -10,7 +10,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,29 +56,20 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_demo_serves_the_console_after_loading(tmp_path: Path) -> None:
     """``make demo``'s last step: the loaded demo is served and the console answers."""
-    import httpx
-
-    from conftest import free_port
+    from conftest import free_port, wait_serving
 
     port = free_port()
     args = ["demo", "--persons", "100", "--seed", str(SEED), "--as-of", AS_OF, "--port", str(port)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rapport", *args],
-        env={**os.environ, "RAPPORT_HOME": str(tmp_path)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rapport", *args],
+            env={**os.environ, "RAPPORT_HOME": str(tmp_path / "home")},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "the demo did not serve in 120 s"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/login", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        wait_serving(proc, f"http://127.0.0.1:{port}/login", 120, log)
     finally:
         proc.terminate()
         proc.wait(30)

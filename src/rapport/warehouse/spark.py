@@ -7,8 +7,8 @@ expressions (``rapport.conditions.to_ibis``, the rollup tags, the attribute and 
 tags, ``mined.features``, ``lifecycle.compute_stages``) run on Spark unchanged; their results
 (tag values, audience and segment members, lead candidates) are collected as Arrow (tag
 values, the large one, as Parquet: ``to_duckdb``) and written where the rest of the product
-reads them (DuckDB ``tag_values`` / ``tag_history`` /
-``segment_members``, the bitmap index, the metadata DB), so the console works as before.
+reads them (DuckDB ``tag_values`` / ``tag_history`` / ``segment_members``, the bitmap index,
+the metadata DB), so the console works as before.
 ``reader(ws)`` is the one switch.
 
 ``person_daily`` is Spark's own (``refresh_rollups``): partitioned by day and rebuilt only
